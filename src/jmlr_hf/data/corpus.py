@@ -1,0 +1,165 @@
+"""Load document corpora (``{id, title, text}``) and chunk them into retrieval passages.
+
+Passages are ``{passage_id, doc_id, title, text}``: windows of ``chunk_tokens`` tokens of the
+document's text (counted with the retriever's tokenizer) that overlap by ``chunk_overlap``
+tokens. Each passage's text is the exact character span of the original document.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+
+logger = logging.getLogger(__name__)
+
+CorpusSource = str | os.PathLike | Dataset | Sequence[str] | Sequence[Mapping[str, Any]]
+
+# Field names other corpora use for the passage text (Meditron's epfl-llm/guidelines: clean_text).
+_TEXT_FIELDS = ("text", "clean_text", "content", "contents", "body", "raw_text")
+_TITLE_FIELDS = ("title", "name", "heading")
+_ID_FIELDS = ("id", "doc_id", "_id", "docid")
+
+
+def _first(row: Mapping[str, Any], fields: Iterable[str]) -> Any:
+    for field in fields:
+        if field in row and row[field] is not None:
+            return row[field]
+    return None
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"Corpus file not found: {path}")
+    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+    if suffix in (".jsonl", ".jsonl.gz"):
+        import gzip
+
+        opener = gzip.open if suffix.endswith(".gz") else open
+        rows = []
+        with opener(path, "rt", encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}, line {line_no}: not valid JSON ({err.msg})") from err
+        return rows
+    if suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: a .json corpus must hold a list of {{id, title, text}} objects")
+        return data
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(str(path)).to_pylist()
+    raise ValueError(f"{path}: unsupported corpus format {suffix!r} (use .jsonl, .json or .parquet)")
+
+
+def load_corpus(source: CorpusSource) -> Dataset:
+    """Normalise a corpus into a ``datasets.Dataset`` with the columns ``id``, ``title``, ``text``.
+
+    Args:
+        source: a JSONL/JSON/Parquet path, a ``datasets.Dataset``, a list of dicts, or a list of
+            plain strings (ids become ``doc-0``, ``doc-1``, ... and titles are empty). Rows may
+            use Meditron-guidelines-style fields (``clean_text``) instead of ``text``.
+
+    Raises:
+        ValueError: empty corpus, a row without a non-empty string text, or duplicate ids; the
+            message names the row.
+    """
+    where = ""
+    if isinstance(source, (str, os.PathLike)):
+        where = f"{source}: "
+        rows: list[Any] = _read_rows(Path(source))
+    elif isinstance(source, Dataset):
+        rows = source.to_list()
+    else:
+        rows = list(source)
+    if not rows:
+        raise ValueError(f"{where}the corpus is empty")
+    ids, titles, texts = [], [], []
+    seen: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        if isinstance(row, str):
+            row = {"id": f"doc-{i}", "title": "", "text": row}
+        if not isinstance(row, Mapping):
+            raise ValueError(f"{where}row {i} is {type(row).__name__}, expected a string or a mapping")
+        doc_id = _first(row, _ID_FIELDS)
+        doc_id = f"doc-{i}" if doc_id is None else str(doc_id)
+        text = _first(row, _TEXT_FIELDS)
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{where}row {i} (id {doc_id!r}) has an empty or non-string text: {text!r:.60}")
+        title = _first(row, _TITLE_FIELDS) or ""
+        if not isinstance(title, str):
+            raise ValueError(f"{where}row {i} (id {doc_id!r}) has a non-string title")
+        if doc_id in seen:
+            raise ValueError(f"{where}duplicate id {doc_id!r} in rows {seen[doc_id]} and {i}")
+        seen[doc_id] = i
+        ids.append(doc_id)
+        titles.append(title)
+        texts.append(text)
+    return Dataset.from_dict({"id": ids, "title": titles, "text": texts})
+
+
+def chunk_corpus(
+    corpus: Dataset,
+    tokenizer: Any,
+    chunk_tokens: int = 150,
+    chunk_overlap: int = 32,
+) -> dict[str, list[str]]:
+    """Split documents into overlapping token windows.
+
+    Returns column lists ``passage_id``, ``doc_id``, ``title``, ``text``; passage ids are
+    ``"{doc_id}#{k}"``. Needs a fast tokenizer (character offsets).
+    """
+    if chunk_tokens <= 0:
+        raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
+    if not 0 <= chunk_overlap < chunk_tokens:
+        raise ValueError(f"chunk_overlap must be in [0, chunk_tokens), got {chunk_overlap}")
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("chunk_corpus needs a fast tokenizer (for character offsets)")
+    stride = chunk_tokens - chunk_overlap
+    out: dict[str, list[str]] = {"passage_id": [], "doc_id": [], "title": [], "text": []}
+    ids, titles, texts = corpus["id"], corpus["title"], corpus["text"]
+    batch = 256
+    for start in range(0, len(texts), batch):
+        enc = tokenizer(
+            texts[start : start + batch],
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            truncation=False,
+        )
+        for j, offsets in enumerate(enc["offset_mapping"]):
+            i = start + j
+            text = texts[i]
+            if not offsets:
+                spans = [(0, len(text))]
+            else:
+                spans = []
+                for first in range(0, max(len(offsets) - chunk_overlap, 1), stride):
+                    window = offsets[first : first + chunk_tokens]
+                    spans.append((window[0][0], window[-1][1]))
+                    if first + chunk_tokens >= len(offsets):
+                        break
+            for k, (a, b) in enumerate(spans):
+                out["passage_id"].append(f"{ids[i]}#{k}")
+                out["doc_id"].append(ids[i])
+                out["title"].append(titles[i])
+                out["text"].append(text[a:b].strip() or text[a:b])
+    return out
+
+
+def passage_text_for_encoding(title: str, text: str) -> str:
+    """The string the retriever encodes for a passage: ``"title | text"`` (ColBERT convention)."""
+    return f"{title} | {text}" if title else text
+
+
+__all__ = ["chunk_corpus", "load_corpus", "passage_text_for_encoding"]

@@ -1,0 +1,63 @@
+"""Configuration of :class:`~jmlr_hf.JMLRRetriever` (ColBERT late interaction)."""
+
+from __future__ import annotations
+
+import string
+
+from transformers import AutoConfig, PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+DEFAULT_SKIPLIST: tuple[str, ...] = tuple(string.punctuation)
+
+
+class JMLRRetrieverConfig(PretrainedConfig):
+    r"""Configuration of a ColBERT retriever: a BERT-like encoder plus a linear projection.
+
+    Args:
+        encoder_config (`PretrainedConfig` or `dict`, defaults to a BERT config):
+            Configuration of the token encoder (any BERT-like ``AutoModel``).
+        dim (`int`, defaults to 128): size of each token vector after the projection (no bias).
+        query_length (`int`, defaults to 32): queries are truncated, then padded with the mask token
+            ("query expansion") to exactly this many tokens.
+        document_length (`int`, defaults to 180): documents are truncated to this many tokens.
+        query_marker (`str`, defaults to ``"[unused0]"``): token inserted after ``[CLS]`` in queries ([Q]).
+        document_marker (`str`, defaults to ``"[unused1]"``): token inserted after ``[CLS]`` in documents ([D]).
+        query_expansion (`bool`, defaults to `True`): pad queries with the mask token to ``query_length``.
+        attend_to_expansion_tokens (`bool`, defaults to `False`): whether the encoder attends to the
+            expansion tokens (ColBERTv2's ``attend_to_mask_tokens``); their vectors are scored either way.
+        skiplist (`list[str]`, defaults to the ASCII punctuation): document tokens whose vectors are dropped.
+        similarity (`str`, defaults to ``"maxsim"``): the only supported late-interaction similarity.
+    """
+
+    model_type = "jmlr_retriever"
+    sub_configs_defaults = {"encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="bert")}
+
+    encoder_config: PretrainedConfig | dict | None = None
+    dim: int = 128
+    query_length: int = 32
+    document_length: int = 180
+    query_marker: str = "[unused0]"
+    document_marker: str = "[unused1]"
+    query_expansion: bool = True
+    attend_to_expansion_tokens: bool = False
+    skiplist: list[str] | None = None
+    similarity: str = "maxsim"
+
+    def __post_init__(self, **kwargs):
+        if self.skiplist is None:
+            self.skiplist = list(DEFAULT_SKIPLIST)
+        if self.dim <= 0:
+            raise ValueError(f"dim must be positive, got {self.dim}")
+        if self.query_length < 3 or self.document_length < 3:
+            raise ValueError(
+                "query_length and document_length must leave room for [CLS], the marker and [SEP]; "
+                f"got query_length={self.query_length}, document_length={self.document_length}"
+            )
+        if self.similarity != "maxsim":
+            raise ValueError(
+                f"similarity must be 'maxsim' (ColBERT late interaction), got {self.similarity!r}"
+            )
+        super().__post_init__(**kwargs)
+
+
+__all__ = ["JMLRRetrieverConfig"]

@@ -1,0 +1,558 @@
+"""ColBERT late-interaction retriever as a ``transformers.PreTrainedModel``.
+
+A BERT-like encoder gives one vector per token; a linear projection (no bias) maps them to
+``config.dim`` and they are L2-normalised. Queries get the [Q] marker and are padded with the
+mask token to ``query_length`` (query expansion); documents get the [D] marker and lose their
+punctuation vectors. The relevance of a document to a query is MaxSim: for every query token the
+best-matching document token, summed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import ModelOutput
+
+from .configuration_jmlr_retriever import DEFAULT_SKIPLIST, JMLRRetrieverConfig
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["auto", "fp32", "bf16"]
+_PROGRESS_THRESHOLD = 512
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+
+
+class EncodedBatch(NamedTuple):
+    """Padded token embeddings ``[n, length, dim]`` and their boolean mask ``[n, length]``."""
+
+    embeddings: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
+class JMLRRetrieverOutput(ModelOutput):
+    """Output of :meth:`JMLRRetriever.forward`.
+
+    Args:
+        embeddings: L2-normalised token vectors ``[batch, length, dim]``; masked-out positions are zero.
+        mask: which positions take part in MaxSim ``[batch, length]`` (``None`` if not given).
+    """
+
+    embeddings: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+
+def maxsim(
+    query_embeddings: torch.Tensor,
+    query_mask: torch.Tensor | None,
+    doc_embeddings: torch.Tensor,
+    doc_mask: torch.Tensor | None,
+    doc_chunk_size: int = 256,
+) -> torch.Tensor:
+    """MaxSim scores of every query against every document: ``[n_queries, n_docs]``.
+
+    ``query_embeddings`` is ``[nq, Lq, dim]``, ``doc_embeddings`` ``[nd, Ld, dim]``; masks are
+    boolean (``None`` = all valid). Documents are processed in chunks so that the
+    ``[nq, chunk, Lq, Ld]`` similarity tensor stays small. A document without any valid token
+    scores 0.
+    """
+    nq, lq, _ = query_embeddings.shape
+    nd = doc_embeddings.shape[0]
+    qmask = (
+        torch.ones(nq, lq, dtype=torch.bool, device=query_embeddings.device)
+        if query_mask is None
+        else query_mask.bool()
+    )
+    out = []
+    for start in range(0, nd, doc_chunk_size):
+        d = doc_embeddings[start : start + doc_chunk_size]
+        sim = torch.einsum("qld,nmd->qnlm", query_embeddings, d)
+        if doc_mask is not None:
+            dmask = doc_mask[start : start + doc_chunk_size].bool()
+            sim = sim.masked_fill(~dmask[None, :, None, :], float("-inf"))
+        best = sim.amax(dim=-1)
+        best = torch.where(torch.isfinite(best), best, torch.zeros_like(best))
+        out.append((best * qmask[:, None, :]).sum(-1))
+    return torch.cat(out, dim=1) if out else query_embeddings.new_zeros(nq, 0)
+
+
+def maxsim_paired(
+    query_embeddings: torch.Tensor,
+    query_mask: torch.Tensor | None,
+    doc_embeddings: torch.Tensor,
+    doc_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """MaxSim of query ``b`` against its own ``k`` documents: queries ``[b, Lq, dim]``,
+    documents ``[b, k, Ld, dim]`` (mask ``[b, k, Ld]``) -> scores ``[b, k]``."""
+    sim = torch.einsum("bld,bkmd->bklm", query_embeddings, doc_embeddings)
+    if doc_mask is not None:
+        sim = sim.masked_fill(~doc_mask.bool()[:, :, None, :], float("-inf"))
+    best = sim.amax(dim=-1)
+    best = torch.where(torch.isfinite(best), best, torch.zeros_like(best))
+    if query_mask is not None:
+        best = best * query_mask.bool()[:, None, :]
+    return best.sum(-1)
+
+
+def _bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+        return bool((check and check()) or (amx and amx()))
+    return False
+
+
+class JMLRRetriever(PreTrainedModel):
+    """ColBERT retriever: BERT-like encoder + linear projection to ``config.dim``, MaxSim scoring.
+
+    The tokenizer travels with the model: :meth:`save_pretrained` writes it beside the weights and
+    :meth:`from_pretrained` loads it into ``model.tokenizer``. ``from_pretrained`` also reads
+    Stanford ColBERT checkpoints (``artifact.metadata`` + ``linear`` layer) and PyLate /
+    sentence-transformers ColBERT folders.
+
+    Example:
+        >>> retriever = JMLRRetriever.from_encoder("sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
+        >>> q = retriever.encode_queries(["first-line therapy for hypertension"])  # doctest: +SKIP
+        >>> d = retriever.encode_documents(["Thiazides are first-line ..."])  # doctest: +SKIP
+        >>> retriever.score(q, d)  # doctest: +SKIP
+    """
+
+    config_class = JMLRRetrieverConfig
+    config: JMLRRetrieverConfig
+    base_model_prefix = "encoder"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules: list[str] = []
+
+    def __init__(self, config: JMLRRetrieverConfig, *inputs: Any, **kwargs: Any) -> None:
+        super().__init__(config, *inputs, **kwargs)
+        self.encoder = AutoModel.from_config(config.encoder_config)
+        self.linear = nn.Linear(config.encoder_config.hidden_size, config.dim, bias=False)
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self._skiplist_ids: torch.Tensor | None = None
+        self.post_init()
+
+    # ------------------------------------------------------------------ construction / IO
+    @classmethod
+    def from_encoder(
+        cls,
+        name_or_path: str | os.PathLike,
+        dim: int = 128,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        **config_kwargs: Any,
+    ) -> JMLRRetriever:
+        """A retriever with a new (randomly initialised) ColBERT head on a pretrained encoder.
+
+        Args:
+            name_or_path: Hub id or local folder of any BERT-like ``AutoModel`` encoder.
+            dim: size of the projected token vectors.
+            tokenizer: the encoder's tokenizer (loaded from ``name_or_path`` when omitted).
+            **config_kwargs: other :class:`JMLRRetrieverConfig` fields (``query_length``, ...).
+        """
+        encoder_config = AutoConfig.from_pretrained(name_or_path)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(name_or_path)
+        config = JMLRRetrieverConfig(encoder_config=encoder_config, dim=dim, **config_kwargs)
+        model = cls(config)
+        model.encoder = AutoModel.from_pretrained(name_or_path)
+        model.tokenizer = tokenizer
+        model._ensure_marker_tokens()
+        return model
+
+    def _ensure_marker_tokens(self) -> None:
+        """Add the [Q]/[D] markers to the vocabulary when the tokenizer lacks them (non-BERT vocabularies)."""
+        tok = self._require_tokenizer()
+        vocab = tok.get_vocab()
+        missing = [m for m in (self.config.query_marker, self.config.document_marker) if m not in vocab]
+        if missing:
+            logger.info("Adding marker tokens %s to the tokenizer", missing)
+            tok.add_tokens(missing, special_tokens=True)
+            self.encoder.resize_token_embeddings(len(tok))
+            self.config.encoder_config.vocab_size = len(tok)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """Save config, weights (safetensors) and the tokenizer into ``save_directory``."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(save_directory)
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any
+    ) -> JMLRRetriever:
+        """Load a JMLR retriever, a Stanford ColBERT checkpoint or a PyLate ColBERT folder (with tokenizer)."""
+        hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+        fmt = _detect_checkpoint_format(pretrained_model_name_or_path, hub_kwargs)
+        if fmt == "stanford":
+            return _load_stanford(cls, pretrained_model_name_or_path, hub_kwargs)
+        if fmt == "pylate":
+            return _load_pylate(cls, pretrained_model_name_or_path, hub_kwargs)
+        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model.tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        return model
+
+    # ------------------------------------------------------------------ tokenisation
+    def _require_tokenizer(self) -> PreTrainedTokenizerBase:
+        if self.tokenizer is None:
+            raise ValueError(
+                "This JMLRRetriever has no tokenizer: load it with from_pretrained/from_encoder "
+                "or set `retriever.tokenizer`."
+            )
+        return self.tokenizer
+
+    def _skiplist(self) -> torch.Tensor:
+        if self._skiplist_ids is None:
+            tok = self._require_tokenizer()
+            ids = set()
+            for word in self.config.skiplist or ():
+                pieces = tok.encode(word, add_special_tokens=False)
+                if len(pieces) == 1:
+                    ids.add(pieces[0])
+            self._skiplist_ids = torch.tensor(sorted(ids), dtype=torch.long)
+        return self._skiplist_ids
+
+    def _token_ids(self, texts: Sequence[str], is_query: bool) -> list[list[int]]:
+        """Token ids with [CLS] marker ... [SEP], truncated to the query/document length."""
+        _check_texts(texts, "queries" if is_query else "documents")
+        tok = self._require_tokenizer()
+        length = self.config.query_length if is_query else self.config.document_length
+        marker = tok.convert_tokens_to_ids(
+            self.config.query_marker if is_query else self.config.document_marker
+        )
+        encoded = tok(list(texts), add_special_tokens=True, truncation=True, max_length=length - 1)[
+            "input_ids"
+        ]
+        return [ids[:1] + [marker] + ids[1:] for ids in encoded]
+
+    def _collate(self, token_ids: Sequence[list[int]], is_query: bool) -> dict[str, torch.Tensor]:
+        """Pad token ids into model inputs plus the ``output_mask`` of vectors used by MaxSim."""
+        tok = self._require_tokenizer()
+        cfg = self.config
+        expand = is_query and cfg.query_expansion
+        width = cfg.query_length if expand else max(len(ids) for ids in token_ids)
+        pad_id = tok.mask_token_id if expand else tok.pad_token_id
+        if pad_id is None:
+            raise ValueError(
+                "The retriever's tokenizer needs a pad token (and a mask token for query expansion)"
+            )
+        input_ids = torch.full((len(token_ids), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(token_ids), width), dtype=torch.long)
+        for row, ids in enumerate(token_ids):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, : len(ids)] = 1
+        if is_query:
+            output_mask = (
+                torch.ones_like(attention_mask, dtype=torch.bool) if expand else attention_mask.bool()
+            )
+            if expand and cfg.attend_to_expansion_tokens:
+                attention_mask = torch.ones_like(attention_mask)
+        else:
+            output_mask = attention_mask.bool() & ~torch.isin(input_ids, self._skiplist())
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "output_mask": output_mask}
+
+    def tokenize(self, texts: Sequence[str], is_query: bool) -> dict[str, torch.Tensor]:
+        """Model inputs (``input_ids``, ``attention_mask``, ``output_mask``) for queries or documents."""
+        return self._collate(self._token_ids(texts, is_query), is_query)
+
+    # ------------------------------------------------------------------ model
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> JMLRRetrieverOutput:
+        """Normalised token vectors for tokenised inputs (zeros where ``output_mask`` is false)."""
+        hidden = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
+        embeddings = F.normalize(self.linear(hidden).float(), p=2, dim=-1)
+        if output_mask is not None:
+            embeddings = embeddings * output_mask.unsqueeze(-1).to(embeddings.dtype)
+        return JMLRRetrieverOutput(embeddings=embeddings, mask=output_mask)
+
+    def embed(self, texts: Sequence[str], is_query: bool) -> EncodedBatch:
+        """Encode one batch *with* autograd (for training); see :meth:`encode_queries` for inference."""
+        inputs = {k: v.to(self.device) for k, v in self.tokenize(texts, is_query).items()}
+        out = self(**inputs)
+        return EncodedBatch(out.embeddings, out.mask)
+
+    def _encode_batches(
+        self,
+        texts: Sequence[str],
+        is_query: bool,
+        batch_size: int,
+        show_progress_bar: bool | None,
+        precision: Precision,
+    ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+        """Yield ``(original indices, embeddings, mask)`` for length-bucketed batches, no autograd."""
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        token_ids = self._token_ids(texts, is_query)
+        order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
+        use_bf16 = precision == "bf16" or (precision == "auto" and _bf16_supported(self.device))
+        show = len(texts) >= _PROGRESS_THRESHOLD if show_progress_bar is None else show_progress_bar
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=use_bf16):
+                starts = range(0, len(order), batch_size)
+                for start in tqdm(
+                    starts, desc="Encoding " + ("queries" if is_query else "documents"), disable=not show
+                ):
+                    idx = order[start : start + batch_size]
+                    inputs = self._collate([token_ids[i] for i in idx], is_query)
+                    inputs = {k: v.to(self.device) for k, v in inputs.items()}
+                    out = self(**inputs)
+                    yield idx, out.embeddings.float(), inputs["output_mask"]
+        finally:
+            self.train(was_training)
+
+    def _encode(
+        self,
+        texts: Sequence[str],
+        is_query: bool,
+        batch_size: int,
+        show_progress_bar: bool | None,
+        precision: Precision,
+    ) -> EncodedBatch:
+        _check_texts(texts, "queries" if is_query else "documents")
+        texts = list(texts)
+        chunks = list(self._encode_batches(texts, is_query, batch_size, show_progress_bar, precision))
+        width = max((emb.shape[1] for _, emb, _ in chunks), default=0)
+        embeddings = torch.zeros(len(texts), width, self.config.dim)
+        mask = torch.zeros(len(texts), width, dtype=torch.bool)
+        for idx, emb, m in chunks:
+            index = torch.tensor(idx)
+            embeddings[index, : emb.shape[1]] = emb.cpu()
+            mask[index, : m.shape[1]] = m.cpu()
+        return EncodedBatch(embeddings, mask)
+
+    def encode_queries(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        show_progress_bar: bool | None = None,
+        precision: Precision = "auto",
+    ) -> EncodedBatch:
+        """Encode queries (no autograd): ``EncodedBatch`` of ``[n, query_length, dim]`` + mask, on CPU.
+
+        ``precision="auto"`` runs the encoder under bf16 autocast where the hardware has fast bf16
+        (AVX-512 BF16/AMX CPUs, Ampere+ GPUs); vectors are returned in float32.
+        """
+        return self._encode(texts, True, batch_size, show_progress_bar, precision)
+
+    def encode_documents(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        precision: Precision = "auto",
+    ) -> EncodedBatch:
+        """Encode documents (no autograd): padded ``[n, max_len, dim]`` vectors + mask, on CPU.
+
+        Batches are bucketed by length; punctuation vectors are masked out.
+        """
+        return self._encode(texts, False, batch_size, show_progress_bar, precision)
+
+    def encode_documents_flat(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        precision: Precision = "auto",
+        dtype: torch.dtype = torch.float32,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode documents into the index layout: the kept token vectors of all documents
+        concatenated in input order (``[n_tokens, dim]``, ``dtype``) and each document's count."""
+        _check_texts(texts, "documents")
+        texts = list(texts)
+        per_doc: list[torch.Tensor | None] = [None] * len(texts)
+        for idx, emb, m in self._encode_batches(texts, False, batch_size, show_progress_bar, precision):
+            emb, m = emb.cpu(), m.cpu()
+            for row, i in enumerate(idx):
+                per_doc[i] = emb[row][m[row]].to(dtype)
+        empty = torch.zeros(0, self.config.dim, dtype=dtype)
+        vectors = [v if v is not None else empty for v in per_doc]
+        doclens = torch.tensor([v.shape[0] for v in vectors], dtype=torch.long)
+        return (torch.cat(vectors) if vectors else empty), doclens
+
+    def score(
+        self, queries: EncodedBatch | torch.Tensor, documents: EncodedBatch | torch.Tensor
+    ) -> torch.Tensor:
+        """MaxSim scores ``[n_queries, n_documents]`` between encoded queries and documents."""
+        q_emb, q_mask = _unpack(queries)
+        d_emb, d_mask = _unpack(documents)
+        return maxsim(
+            q_emb, q_mask, d_emb.to(q_emb.device), None if d_mask is None else d_mask.to(q_emb.device)
+        )
+
+    def weights_fingerprint(self) -> str:
+        """A hash of the current weights: the index records it to detect stale vectors."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return digest.hexdigest()[:32]
+
+
+def _unpack(x: EncodedBatch | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(x, torch.Tensor):
+        return x, None
+    return x[0], x[1]
+
+
+def _check_texts(texts: Sequence[str], what: str) -> None:
+    if isinstance(texts, str):
+        raise TypeError(f"Expected a list of {what}, got a single string; wrap it in a list")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"{what}[{i}] is {type(t).__name__}, expected str")
+
+
+# ---------------------------------------------------------------------- foreign checkpoint formats
+def _resolve_file(path: str | os.PathLike, filename: str, hub_kwargs: dict) -> str | None:
+    from transformers.utils import cached_file
+
+    return cached_file(
+        path,
+        filename,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+        **hub_kwargs,
+    )
+
+
+def _local_folder(path: str | os.PathLike, hub_kwargs: dict) -> Path:
+    if os.path.isdir(path):
+        return Path(path)
+    from huggingface_hub import snapshot_download
+
+    allowed = {
+        k: v for k, v in hub_kwargs.items() if k in ("cache_dir", "revision", "token", "local_files_only")
+    }
+    return Path(snapshot_download(str(path), **allowed))
+
+
+def _detect_checkpoint_format(path: str | os.PathLike, hub_kwargs: dict) -> str:
+    config_file = _resolve_file(path, "config.json", hub_kwargs)
+    if config_file is not None:
+        with open(config_file, encoding="utf-8") as f:
+            if json.load(f).get("model_type") == JMLRRetrieverConfig.model_type:
+                return "jmlr"
+    if _resolve_file(path, "artifact.metadata", hub_kwargs) is not None:
+        return "stanford"
+    if _resolve_file(path, "modules.json", hub_kwargs) is not None:
+        return "pylate"
+    if config_file is None:
+        raise OSError(f"{path} has no config.json: it is not a JMLR, Stanford ColBERT or PyLate checkpoint")
+    raise ValueError(
+        f"{path} is a plain encoder, not a ColBERT retriever; use JMLRRetriever.from_encoder({str(path)!r}) "
+        "to put a new ColBERT head on it"
+    )
+
+
+def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    st = folder / "model.safetensors"
+    if st.is_file():
+        return load_file(st)
+    binary = folder / "pytorch_model.bin"
+    if binary.is_file():  # legacy checkpoints; weights_only refuses arbitrary pickled objects
+        return torch.load(binary, map_location="cpu", weights_only=True)
+    raise OSError(f"{folder} holds neither model.safetensors nor pytorch_model.bin")
+
+
+def _load_encoder_weights(model: JMLRRetriever, encoder_state: dict[str, torch.Tensor], source: Path) -> None:
+    own = model.encoder.state_dict()
+    prefix = model.encoder.base_model_prefix + "."
+    cleaned = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in encoder_state.items()}
+    cleaned = {k: v for k, v in cleaned.items() if k in own}
+    missing = [k for k in own if k not in cleaned and "pooler" not in k and "position_ids" not in k]
+    if missing:
+        raise ValueError(f"{source}: encoder weights are missing {missing[:5]} ({len(missing)} in all)")
+    model.encoder.load_state_dict(cleaned, strict=False)
+
+
+def _load_stanford(cls: type[JMLRRetriever], path: str | os.PathLike, hub_kwargs: dict) -> JMLRRetriever:
+    folder = _local_folder(path, hub_kwargs)
+    meta = json.loads((folder / "artifact.metadata").read_text(encoding="utf-8"))
+    if meta.get("similarity", "cosine") != "cosine":
+        raise ValueError(f"{folder}: similarity {meta['similarity']!r} is not supported (only cosine/MaxSim)")
+    state = _read_state_dict(folder)
+    if "linear.weight" not in state:
+        raise ValueError(f"{folder}: a Stanford ColBERT checkpoint must hold 'linear.weight'")
+    config = JMLRRetrieverConfig(
+        encoder_config=AutoConfig.from_pretrained(folder),
+        dim=int(state["linear.weight"].shape[0]),
+        query_length=int(meta.get("query_maxlen", 32)),
+        document_length=int(meta.get("doc_maxlen", 180)),
+        query_marker=meta.get("query_token_id", "[unused0]"),
+        document_marker=meta.get("doc_token_id", "[unused1]"),
+        attend_to_expansion_tokens=bool(meta.get("attend_to_mask_tokens", False)),
+        skiplist=list(DEFAULT_SKIPLIST) if meta.get("mask_punctuation", True) else [],
+    )
+    model = cls(config)
+    _load_encoder_weights(model, {k: v for k, v in state.items() if k != "linear.weight"}, folder)
+    with torch.no_grad():
+        model.linear.weight.copy_(state["linear.weight"])
+    model.tokenizer = AutoTokenizer.from_pretrained(folder)
+    return model
+
+
+def _load_pylate(cls: type[JMLRRetriever], path: str | os.PathLike, hub_kwargs: dict) -> JMLRRetriever:
+    folder = _local_folder(path, hub_kwargs)
+    modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    dense = [m for m in modules if m.get("type", "").endswith("Dense")]
+    if not dense:
+        raise ValueError(
+            f"{folder}/modules.json has no Dense projection module: a plain sentence-transformers encoder, not "
+            f"a ColBERT retriever; use JMLRRetriever.from_encoder({str(path)!r}) to put a new ColBERT head on it"
+        )
+    dense_dir = folder / dense[0]["path"]
+    dense_cfg = json.loads((dense_dir / "config.json").read_text(encoding="utf-8"))
+    if dense_cfg.get("bias"):
+        raise ValueError(f"{dense_dir}: a Dense projection with bias is not supported")
+    dense_state = _read_state_dict(dense_dir)
+    st_cfg_file = folder / "config_sentence_transformers.json"
+    st_cfg = json.loads(st_cfg_file.read_text(encoding="utf-8")) if st_cfg_file.is_file() else {}
+    transformer_dir = folder / next(
+        (m["path"] for m in modules if m.get("type", "").endswith("Transformer")), ""
+    )
+    config = JMLRRetrieverConfig(
+        encoder_config=AutoConfig.from_pretrained(transformer_dir),
+        dim=int(dense_cfg["out_features"]),
+        query_length=int(st_cfg.get("query_length", 32)),
+        document_length=int(st_cfg.get("document_length", 180)),
+        query_marker=st_cfg.get("query_prefix", "[Q] "),
+        document_marker=st_cfg.get("document_prefix", "[D] "),
+        query_expansion=bool(st_cfg.get("do_query_expansion", True)),
+        attend_to_expansion_tokens=bool(st_cfg.get("attend_to_expansion_tokens", False)),
+        skiplist=list(st_cfg.get("skiplist_words", DEFAULT_SKIPLIST)),
+    )
+    model = cls(config)
+    _load_encoder_weights(model, _read_state_dict(transformer_dir), transformer_dir)
+    with torch.no_grad():
+        model.linear.weight.copy_(dense_state["linear.weight"])
+    model.tokenizer = AutoTokenizer.from_pretrained(transformer_dir)
+    return model
+
+
+__all__ = ["EncodedBatch", "JMLRRetriever", "JMLRRetrieverOutput", "maxsim", "maxsim_paired"]

@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny random models (fast), the embedded defaults and the shared real data (skipped when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def encoder_path() -> Path:
+    """The embedded all-MiniLM-L6-v2 folder (its tokenizer also serves the tiny random retrievers)."""
+    from jmlr_hf.models import MissingDefaultModelError, default_encoder_path
+
+    try:
+        return default_encoder_path()
+    except MissingDefaultModelError as err:
+        pytest.skip(str(err))
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer(encoder_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(encoder_path)
+
+
+def make_tiny_retriever(tokenizer, dim: int = 16, seed: int = 0, **config_kwargs):
+    """A randomly initialised 2-layer BERT retriever (hidden 32) with a real BERT tokenizer."""
+    from transformers import BertConfig
+
+    from jmlr_hf import JMLRRetriever, JMLRRetrieverConfig
+
+    torch.manual_seed(seed)
+    encoder_config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
+    model = JMLRRetriever(JMLRRetrieverConfig(encoder_config=encoder_config, dim=dim, **config_kwargs))
+    model.tokenizer = tokenizer
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_retriever(bert_tokenizer):
+    return make_tiny_retriever(bert_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``$JMLR_SHARED_DATA`` (the real MIRAGE / NGC files); tests that need it skip without it."""
+    root = os.environ.get("JMLR_SHARED_DATA")
+    if not root:
+        pytest.skip("JMLR_SHARED_DATA is not set: the real data tests need ../shared/data")
+    path = Path(root)
+    if not path.is_dir():
+        pytest.skip(f"JMLR_SHARED_DATA={root} is not a folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ngc_path(shared_data) -> Path:
+    path = shared_data / "ngc" / "ngc_guidelines.jsonl"
+    if not path.is_file():
+        pytest.skip(f"{path} is missing")
+    return path

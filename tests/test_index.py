@@ -1,0 +1,199 @@
+"""DocumentIndex: exact search against the slow reference, faiss recall, persistence, refresh, bad input."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+
+from jmlr_hf import DocumentIndex
+from jmlr_hf.data import chunk_corpus, load_corpus
+from jmlr_hf.data.corpus import passage_text_for_encoding
+from jmlr_hf.retriever import StaleIndexError, maxsim
+
+from conftest import make_tiny_retriever
+
+WORDS = "aspirin metformin insulin statin warfarin heparin asthma sepsis anemia fever cough rash pain dose daily weekly".split()
+
+
+def synthetic_corpus(n: int, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        picks = torch.randint(len(WORDS), (int(torch.randint(5, 40, (1,), generator=g)),), generator=g)
+        rows.append(
+            {"id": f"d{i}", "title": f"Guideline {i}", "text": " ".join(WORDS[j] for j in picks) + "."}
+        )
+    return rows
+
+
+def reference_ranking(index: DocumentIndex, queries: list[str], k: int):
+    """Slow reference: encode every passage separately and score with the padded MaxSim."""
+    retriever = index.retriever
+    texts = [passage_text_for_encoding(t, x) for t, x in zip(index.passages["title"], index.passages["text"])]
+    docs = retriever.encode_documents(texts, precision="fp32")
+    q = retriever.encode_queries(queries, precision="fp32")
+    scores = maxsim(q.embeddings, q.mask, docs.embeddings.bfloat16().float(), docs.mask)
+    return scores.topk(k, dim=1)
+
+
+def test_exact_search_matches_reference(tiny_retriever):
+    index = DocumentIndex.build(synthetic_corpus(60), tiny_retriever, backend="exact", batch_size=7)
+    assert index.backend.name == "exact"
+    queries = ["aspirin dose daily", "sepsis fever", "warfarin and heparin"]
+    ref = reference_ranking(index, queries, k=10)
+    index.backend.chunk_tokens = 97  # force many chunks
+    scores, ids = index.search_encoded(tiny_retriever.encode_queries(queries, precision="fp32"), k=10)
+    torch.testing.assert_close(scores, ref.values, rtol=2e-2, atol=5e-2)
+    assert (ids[:, 0] == ref.indices[:, 0]).all()
+    hits = index.search(queries, k=10)
+    assert [len(h) for h in hits] == [10, 10, 10]
+    assert set(hits[0][0]) == {"passage_id", "doc_id", "title", "text", "score"}
+    assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(hits[0]))
+
+
+def test_faiss_backend_agrees_with_exact_on_small_corpus(tiny_retriever):
+    corpus = synthetic_corpus(300, seed=1)
+    exact = DocumentIndex.build(corpus, tiny_retriever, backend="exact")
+    fast = DocumentIndex.build(
+        corpus, tiny_retriever, backend="faiss", nlist=16, nprobe=16, tokens_per_query_token=256
+    )
+    queries = ["insulin weekly", "rash and cough", "statin pain", "anemia"]
+    e = [{h["passage_id"] for h in hits} for hits in exact.search(queries, k=10)]
+    f = [{h["passage_id"] for h in hits} for hits in fast.search(queries, k=10)]
+    recall = sum(len(a & b) for a, b in zip(e, f)) / sum(len(a) for a in e)
+    assert recall >= 0.95
+
+
+def test_chunking_by_tokens_with_overlap(bert_tokenizer):
+    text = " ".join(f"word{i}" for i in range(400))
+    passages = chunk_corpus(
+        load_corpus([{"id": "long", "title": "T", "text": text}]), bert_tokenizer, 100, 20
+    )
+    n_tokens = len(bert_tokenizer(text, add_special_tokens=False)["input_ids"])
+    lengths = [len(bert_tokenizer(p, add_special_tokens=False)["input_ids"]) for p in passages["text"]]
+    assert all(n <= 100 for n in lengths) and lengths[0] == 100
+    assert passages["passage_id"][:2] == ["long#0", "long#1"] and set(passages["doc_id"]) == {"long"}
+    # consecutive windows overlap by 20 tokens and together cover the whole text
+    first, second = passages["text"][0].split(), passages["text"][1].split()
+    assert first[-1] in second and passages["text"][-1].endswith("word399")
+    assert sum(lengths) == pytest.approx(n_tokens + 20 * (len(lengths) - 1), abs=len(lengths))
+
+
+def test_save_load_roundtrip_and_staleness(tiny_retriever, bert_tokenizer, tmp_path):
+    for backend in ("exact", "faiss"):
+        index = (
+            DocumentIndex.build(synthetic_corpus(80), tiny_retriever, backend=backend, nlist=8)
+            if backend == "faiss"
+            else DocumentIndex.build(synthetic_corpus(80), tiny_retriever, backend=backend)
+        )
+        index.save(tmp_path / backend)
+        config = json.loads((tmp_path / backend / "index_config.json").read_text())
+        assert config["backend"] == backend
+        loaded = DocumentIndex.load(tmp_path / backend, tiny_retriever)
+        assert loaded.passages == index.passages
+        torch.testing.assert_close(loaded.store.vectors, index.store.vectors, rtol=0, atol=0)
+        assert loaded.search(["aspirin daily"], k=5) == index.search(["aspirin daily"], k=5)
+    other = make_tiny_retriever(bert_tokenizer, seed=1)
+    with pytest.raises(StaleIndexError, match="refresh"):
+        DocumentIndex.load(tmp_path / "exact", other)
+    stale = DocumentIndex.load(tmp_path / "exact", other, allow_stale=True)
+    assert stale.is_stale
+    stale.refresh(other)
+    assert not stale.is_stale
+    fresh = DocumentIndex.build(synthetic_corpus(80), other, backend="exact")
+    torch.testing.assert_close(stale.store.vectors, fresh.store.vectors)
+
+
+def test_refresh_follows_weight_changes(tiny_retriever):
+    index = DocumentIndex.build(synthetic_corpus(30), tiny_retriever, backend="exact")
+    before = index.store.vectors.clone()
+    with torch.no_grad():
+        tiny_retriever.linear.weight.add_(0.5)
+    assert index.is_stale
+    seconds = index.refresh()
+    assert seconds > 0 and not index.is_stale
+    assert not torch.equal(before, index.store.vectors)
+
+
+def test_add_documents_equals_building_on_the_union(tiny_retriever):
+    corpus, extra = synthetic_corpus(41), {"id": "new", "title": "Zebra", "text": "zebra zebra unique marker"}
+    full = DocumentIndex.build(corpus[:40] + [extra], tiny_retriever, backend="exact")
+    queries = ["zebra unique marker", "aspirin daily"]
+    for backend, kwargs in (
+        ("exact", {}),
+        ("faiss", {"nlist": 8, "nprobe": 8, "tokens_per_query_token": 512}),
+    ):
+        index = DocumentIndex.build(corpus[:40], tiny_retriever, backend=backend, **kwargs)
+        assert index.add([extra]) == 1 and len(index) == 41
+        assert index.passages == full.passages
+        assert [[h["passage_id"] for h in r] for r in index.search(queries, k=5)] == [
+            [h["passage_id"] for h in r] for r in full.search(queries, k=5)
+        ]
+        with pytest.raises(ValueError, match="already in the index"):
+            index.add([{"id": "new", "title": "", "text": "again"}])
+
+
+def test_bad_inputs(tiny_retriever, tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        DocumentIndex.build([], tiny_retriever)
+    with pytest.raises(ValueError, match=r"row 1 \(id 'b'\)"):
+        DocumentIndex.build([{"id": "a", "text": "ok"}, {"id": "b", "text": "  "}], tiny_retriever)
+    with pytest.raises(ValueError, match="row 0"):
+        DocumentIndex.build([{"id": "a", "text": 12}], tiny_retriever)
+    with pytest.raises(ValueError, match="duplicate id 'a' in rows 0 and 1"):
+        DocumentIndex.build([{"id": "a", "text": "x"}, {"id": "a", "text": "y"}], tiny_retriever)
+    with pytest.raises(ValueError, match="backend"):
+        DocumentIndex.build(["x"], tiny_retriever, backend="plaid")
+    index = DocumentIndex.build(["one passage", "another passage"], tiny_retriever)
+    with pytest.raises(ValueError, match="larger than the number of passages"):
+        index.search(["q"], k=3)
+    with pytest.raises(ValueError, match="query 0"):
+        index.search([""], k=1)
+    with pytest.raises(FileNotFoundError, match="index_config.json"):
+        DocumentIndex.load(tmp_path, tiny_retriever)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "fine"}\n{not json\n')
+    with pytest.raises(ValueError, match="bad.jsonl, line 2"):
+        DocumentIndex.build(bad, tiny_retriever)
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        DocumentIndex.build(tmp_path / "missing.jsonl", tiny_retriever)
+
+
+def test_corpus_formats(tmp_path):
+    rows = [{"id": "g1", "title": "A", "text": "alpha"}, {"id": "g2", "title": "B", "clean_text": "beta"}]
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    from datasets import Dataset
+
+    Dataset.from_list([{"id": "g1", "title": "A", "text": "alpha"}]).to_parquet(str(tmp_path / "c.parquet"))
+    assert load_corpus(path)["text"] == ["alpha", "beta"]  # Meditron-style clean_text
+    assert load_corpus(tmp_path / "c.parquet")["id"] == ["g1"]
+    assert load_corpus(["x", "y"])["id"] == ["doc-0", "doc-1"]
+    with pytest.raises(ValueError, match="unsupported corpus format"):
+        (tmp_path / "c.csv").write_text("id,text\n")
+        load_corpus(tmp_path / "c.csv")
+
+
+@pytest.mark.slow
+def test_faiss_recall_on_ngc_passages(ngc_path, encoder_path):
+    """faiss backend recall@30 >= 0.99 against exact search on a few thousand real NGC passages."""
+    from jmlr_hf import JMLRRetriever
+
+    torch.manual_seed(0)
+    retriever = JMLRRetriever.from_encoder(encoder_path).eval()
+    docs = [json.loads(line) for line in itertools.islice(open(ngc_path, encoding="utf-8"), 150)]
+    exact = DocumentIndex.build(docs, retriever, backend="exact", batch_size=64)
+    assert exact.num_passages >= 2000
+    fast = DocumentIndex.build(docs, retriever, backend="faiss")
+    fast.store = exact.store  # same vectors; only the search differs
+    fast.backend.build(exact.store)
+    queries = [d["title"] for d in docs[::3]][:40]
+    e = exact.search(queries, k=30)
+    f = fast.search(queries, k=30)
+    recall = sum(len({h["passage_id"] for h in a} & {h["passage_id"] for h in b}) for a, b in zip(e, f)) / (
+        30 * len(queries)
+    )
+    assert recall >= 0.99, recall
