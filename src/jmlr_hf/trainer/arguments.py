@@ -1,0 +1,113 @@
+"""JMLRTrainingArguments: ``TrainingArguments`` plus the joint-step settings (defaults are the paper's)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+DEFAULT_PROMPT_TEMPLATE = (
+    "Use the clinical guideline excerpts to answer the medical question.\n\n"
+    "{context}\n\nQuestion: {question}\n"
+    "Answer with the letter of the correct option, then explain."
+)
+CLOSED_BOOK_TEMPLATE = "Answer the medical question.\n\nQuestion: {question}\nAnswer with the letter of the correct option, then explain."
+
+
+@dataclass
+class JMLRTrainingArguments(TrainingArguments):
+    r"""Arguments of :class:`~jmlr_hf.JMLRTrainer`: every ``TrainingArguments`` field plus the joint step's.
+
+    Parameters:
+        num_candidate_docs (`int`, defaults to 30): passages fetched from the index per question.
+        num_scored_docs (`int`, defaults to 10): candidates whose LLM utility is measured each step.
+        num_context_docs (`int`, defaults to 7): passages (top by the retriever) in the LM prompt.
+        rank_loss (`str`, defaults to ``"llm_rank"``): ``"llm_rank"`` (pairwise logistic on utility
+            order, the paper's) or ``"pdist"`` (Atlas-style KL to the utility distribution).
+        rank_loss_weight (`float`, defaults to 1.0): ``loss = lm_loss + rank_loss_weight * rank_loss``.
+        rank_temperature (`float`, defaults to 0.1): temperature of the normalised retriever scores
+            (mean cosine per query token) in the rank loss and in candidate sampling.
+        utility_temperature (`float`, defaults to 1.0): temperature of ``-NLL`` in the ``pdist`` target.
+        candidate_sampling (`str`, defaults to ``"sample"``): pick the scored documents by sampling
+            ``softmax(s / rank_temperature)`` without replacement, or the ``"top"`` ones.
+        retriever_learning_rate (`float`, *optional*): learning rate of the retriever (default: ``learning_rate``).
+        index_refresh_steps (`int`, defaults to 0): re-encode the index every N optimizer steps (0 = never).
+        freeze_document_encoder (`bool`, defaults to `False`): train the query side only; document
+            vectors come from the index (no refresh needed).
+        max_context_tokens (`int`, defaults to 1024): budget of the joined passages in the prompt; the
+            context is truncated as a whole, the question and answer never are.
+        prompt_template (`str`, *optional*): user message with ``{context}`` and ``{question}``.
+    """
+
+    num_candidate_docs: int = field(
+        default=30, metadata={"help": "Passages fetched from the index per question."}
+    )
+    num_scored_docs: int = field(
+        default=10, metadata={"help": "Candidates whose LLM utility is measured per step."}
+    )
+    num_context_docs: int = field(
+        default=7, metadata={"help": "Top passages (by the retriever) in the LM prompt."}
+    )
+    rank_loss: str = field(
+        default="llm_rank", metadata={"help": "'llm_rank' (pairwise, the paper's) or 'pdist'."}
+    )
+    rank_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the retriever's rank loss."})
+    rank_temperature: float = field(
+        default=0.1, metadata={"help": "Temperature of normalised retriever scores (rank loss, sampling)."}
+    )
+    utility_temperature: float = field(
+        default=1.0, metadata={"help": "Temperature of -NLL in the pdist target."}
+    )
+    candidate_sampling: str = field(
+        default="sample", metadata={"help": "'sample' or 'top' scored documents."}
+    )
+    retriever_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the retriever (default: learning_rate)."}
+    )
+    index_refresh_steps: int = field(
+        default=0, metadata={"help": "Re-encode the index every N steps (0 = never)."}
+    )
+    freeze_document_encoder: bool = field(
+        default=False, metadata={"help": "Train the query encoder only; documents keep their index vectors."}
+    )
+    max_context_tokens: int = field(default=1024, metadata={"help": "Token budget of the joined passages."})
+    prompt_template: str | None = field(
+        default=None, metadata={"help": "User message template with {context} and {question}."}
+    )
+
+    def __post_init__(self) -> None:
+        # The joint step needs the raw QA rows: never let Trainer drop "unused" columns.
+        self.remove_unused_columns = False
+        problems = []
+        for name in ("num_candidate_docs", "num_scored_docs", "num_context_docs", "max_context_tokens"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if self.num_context_docs > self.num_candidate_docs:
+            problems.append(
+                f"num_context_docs ({self.num_context_docs}) > num_candidate_docs ({self.num_candidate_docs})"
+            )
+        if self.num_scored_docs > self.num_candidate_docs:
+            problems.append(
+                f"num_scored_docs ({self.num_scored_docs}) > num_candidate_docs ({self.num_candidate_docs})"
+            )
+        if self.num_scored_docs < 2 and self.rank_loss_weight > 0:
+            problems.append("num_scored_docs must be at least 2 to rank documents")
+        if self.rank_loss not in ("llm_rank", "pdist"):
+            problems.append(f"rank_loss must be 'llm_rank' or 'pdist', got {self.rank_loss!r}")
+        if self.candidate_sampling not in ("sample", "top"):
+            problems.append(f"candidate_sampling must be 'sample' or 'top', got {self.candidate_sampling!r}")
+        if self.rank_temperature <= 0 or self.utility_temperature <= 0:
+            problems.append("rank_temperature and utility_temperature must be positive")
+        if self.rank_loss_weight < 0:
+            problems.append(f"rank_loss_weight must be >= 0, got {self.rank_loss_weight}")
+        if self.index_refresh_steps < 0:
+            problems.append(f"index_refresh_steps must be >= 0, got {self.index_refresh_steps}")
+        if self.retriever_learning_rate is not None and self.retriever_learning_rate < 0:
+            problems.append("retriever_learning_rate must be >= 0")
+        if self.prompt_template is not None and (
+            "{question}" not in self.prompt_template or "{context}" not in self.prompt_template
+        ):
+            problems.append("prompt_template must contain {context} and {question}")
+        if problems:
+            raise ValueError("Invalid JMLRTrainingArguments: " + "; ".join(problems))
+        super().__post_init__()

@@ -1,0 +1,385 @@
+"""JMLRTrainer: a ``transformers.Trainer`` that trains a causal LLM and a ColBERT retriever together.
+
+``compute_loss`` runs the joint step of DESIGN.md for a batch of QA rows:
+
+1. candidates ``index.search(question, k=num_candidate_docs)`` (the index may be stale);
+2. fresh retriever scores of the candidates (normalised MaxSim);
+3. ``num_scored_docs`` candidates sampled from ``softmax(s / rank_temperature)`` (or the top ones);
+4. their utility ``NLL_LLM(answer | doc, question)``, one batched no-grad forward;
+5. the rank loss on the retriever (``llm_rank`` or ``pdist``), gradients through the scored docs only;
+6. the LM loss on the answer with the top ``num_context_docs`` passages in the prompt;
+   ``loss = lm_loss + rank_loss_weight * rank_loss``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedModel, Trainer, TrainerCallback
+
+from ..data.corpus import passage_text_for_encoding
+from ..data.qa import format_target, validate_qa_dataset
+from ..retriever import DocumentIndex, EncodedBatch, JMLRRetriever, maxsim_paired
+from .arguments import JMLRTrainingArguments
+from .collator import PromptBuilder, QACollator, answer_nll, lm_loss
+from .losses import kendall_tau, llm_rank_loss, pdist_loss
+
+logger = logging.getLogger(__name__)
+
+RETRIEVER_DIR = "retriever"
+INDEX_DIR = "index"
+STATE_FILE = "jmlr_state.json"
+
+
+class _RetrieverOptimizerCallback(TrainerCallback):
+    """``Trainer`` clips and zeroes the gradients of ``trainer.model`` only: do the same for the retriever
+    (without it, retriever gradients would silently accumulate across optimizer steps)."""
+
+    def __init__(self, retriever: nn.Module) -> None:
+        self.retriever = retriever
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if args.max_grad_norm and args.max_grad_norm > 0:
+            params = [p for p in self.retriever.parameters() if p.grad is not None]
+            if params:
+                torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.retriever.zero_grad(set_to_none=True)
+
+
+@dataclass
+class JointStepOutput:
+    """What one joint step computed (``compute_loss(..., return_outputs=True)``)."""
+
+    loss: torch.Tensor
+    lm_loss: torch.Tensor
+    rank_loss: torch.Tensor | None
+    candidate_ids: torch.Tensor
+    context_ids: torch.Tensor
+    scored_ids: torch.Tensor | None
+    utility_nll: torch.Tensor | None
+    scored_scores: torch.Tensor | None
+
+
+class JMLRTrainer(Trainer):
+    """Joint LLM + retriever trainer (JMLR, Wang et al. 2024).
+
+    Args:
+        model: the causal LM (``PreTrainedModel``); LoRA is applied when ``peft_config`` is given.
+        retriever: the :class:`~jmlr_hf.JMLRRetriever` trained beside it (never frozen by PEFT).
+        index: a :class:`~jmlr_hf.DocumentIndex` over the corpus, built with ``retriever``.
+        args: :class:`~jmlr_hf.JMLRTrainingArguments`.
+        train_dataset / eval_dataset: QA rows ``{id, question, options, answer, explanation}``.
+        processing_class: the LLM's tokenizer (its chat template builds the prompts).
+        peft_config: a ``peft.PeftConfig`` for the LLM.
+        **kwargs: anything else ``transformers.Trainer`` takes (callbacks, optimizers, ...).
+
+    ``trainer.model`` is the LLM, ``trainer.retriever`` the retriever, ``trainer.index`` the index.
+    ``save_model(dir)`` writes the LLM to ``dir`` and the retriever to ``dir/retriever``.
+    """
+
+    _tag_names = ["jmlr", "retrieval-augmented-generation", "medical", "colbert", "jmlr-hf"]
+    _name = "JMLR"
+    _paper = {
+        "title": "JMLR: Joint Medical LLM and Retrieval Training for Enhancing Reasoning and Professional Question Answering Capability",
+        "id": "2402.17887",
+        "citation": (
+            "@article{wang2024jmlr,\n  title={JMLR: Joint Medical LLM and Retrieval Training for Enhancing "
+            "Reasoning and Professional Question Answering Capability},\n  author={Wang, Junda and Yang, Zhichao "
+            "and Yao, Zonghai and Yu, Hong},\n  journal={arXiv preprint arXiv:2402.17887},\n  year={2024}\n}"
+        ),
+    }
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module,
+        retriever: JMLRRetriever,
+        index: DocumentIndex,
+        args: JMLRTrainingArguments | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        peft_config: Any = None,
+        data_collator: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        # Args
+        if args is None:
+            args = JMLRTrainingArguments(output_dir="jmlr-output")
+        elif not isinstance(args, JMLRTrainingArguments):
+            raise TypeError(f"args must be JMLRTrainingArguments, got {type(args).__name__}")
+        # Retriever and index
+        if not isinstance(retriever, JMLRRetriever):
+            raise TypeError(f"retriever must be a JMLRRetriever, got {type(retriever).__name__}")
+        if len(index) < args.num_candidate_docs:
+            raise ValueError(
+                f"The index holds {len(index)} passages, fewer than num_candidate_docs={args.num_candidate_docs}"
+            )
+        if args.freeze_document_encoder:
+            # Documents keep the vectors of a frozen copy; only the query side trains.
+            frozen = copy.deepcopy(retriever).eval().requires_grad_(False)
+            index.retriever = frozen
+        elif index.retriever is not retriever:
+            index.retriever = retriever
+        self.retriever = retriever
+        self.index = index
+        # Model
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
+        # PEFT (LLM only: the retriever is a separate module and keeps its own trainable weights)
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        # Dataset: fail early, naming the row, instead of in the middle of training
+        for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+            if dataset is not None:
+                try:
+                    validate_qa_dataset(dataset)
+                except ValueError as err:
+                    raise ValueError(f"{name}: {err}") from err
+        # Data collator
+        if data_collator is None:
+            data_collator = QACollator()
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+        self.retriever.to(self.args.device)
+        self.add_callback(_RetrieverOptimizerCallback(self.retriever))
+        self.prompts = PromptBuilder(processing_class, args.prompt_template, args.max_context_tokens)
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._last_refresh_step = -1
+        self.skipped_batches = 0
+
+    # ------------------------------------------------------------------ optimizer
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """The LLM's parameter groups (``learning_rate``) plus the retriever's (``retriever_learning_rate``)."""
+        if self.optimizer is not None:
+            return self.optimizer
+        optimizer = super().create_optimizer(model)
+        lr = self.args.retriever_learning_rate
+        lr = self.args.learning_rate if lr is None else lr
+        decay = set(self.get_decay_parameter_names(self.retriever))
+        named = [(n, p) for n, p in self.retriever.named_parameters() if p.requires_grad]
+        for with_decay in (True, False):
+            params = [p for n, p in named if (n in decay) == with_decay]
+            if params:
+                optimizer.add_param_group(
+                    {
+                        "params": params,
+                        "lr": lr,
+                        "weight_decay": self.args.weight_decay if with_decay else 0.0,
+                        "name": "retriever",
+                    }
+                )
+        self.retriever_param_names = [n for n, _ in named]
+        return optimizer
+
+    # ------------------------------------------------------------------ the joint step
+    def _maybe_refresh_index(self) -> None:
+        every = self.args.index_refresh_steps
+        if every <= 0 or self.args.freeze_document_encoder or not self.model.training:
+            return
+        step = self.state.global_step
+        if step > 0 and step % every == 0 and step != self._last_refresh_step:
+            self._last_refresh_step = step
+            seconds = self.index.refresh(self.retriever, show_progress_bar=self.is_local_process_zero())
+            self._metrics["index_refresh_seconds"].append(seconds)
+            logger.info("Refreshed the index at step %d in %.1fs", step, seconds)
+
+    def _passage(self, index: int) -> dict[str, str]:
+        p = self.index.passages
+        return {"title": p["title"][index], "text": p["text"][index]}
+
+    def _passage_texts(self, ids: torch.Tensor) -> list[str]:
+        return [passage_text_for_encoding(**self._passage(int(i))) for i in ids.reshape(-1)]
+
+    def _document_embeddings(self, ids: torch.Tensor, with_grad: bool) -> EncodedBatch:
+        """Token vectors of passages ``ids`` ``[b, n]`` -> ``[b, n, L, dim]`` (+ mask)."""
+        b, n = ids.shape
+        if self.args.freeze_document_encoder:  # the index vectors are exact for a frozen document encoder
+            vectors, lengths = self.index.store.gather(ids.reshape(-1).cpu().numpy())
+            width = int(lengths.max())
+            emb = torch.zeros(b * n, width, vectors.shape[1])
+            mask = torch.zeros(b * n, width, dtype=torch.bool)
+            start = 0
+            for row, length in enumerate(lengths.tolist()):
+                emb[row, :length] = vectors[start : start + length].float()
+                mask[row, :length] = True
+                start += length
+        elif with_grad:
+            emb, mask = self.retriever.embed(self._passage_texts(ids), is_query=False)
+        else:
+            emb, mask = self.retriever.encode_documents(self._passage_texts(ids), show_progress_bar=False)
+        device = self.retriever.device
+        return EncodedBatch(emb.to(device).view(b, n, *emb.shape[1:]), mask.to(device).view(b, n, -1))
+
+    def joint_step(self, model: nn.Module, rows: Sequence[Mapping[str, Any]]) -> JointStepOutput:
+        """One joint step on a batch of validated QA rows (see the module docstring)."""
+        args = self.args
+        training = model.training
+        self.retriever.train(training)
+        device = self.retriever.device
+        # 1. candidates from the (possibly stale) index
+        query = self.retriever.embed([r["question"] for r in rows], is_query=True)
+        q_tokens = query.mask.sum(-1).clamp(min=1).float()
+        _, candidates = self.index.search_encoded(
+            EncodedBatch(query.embeddings.detach(), query.mask), k=args.num_candidate_docs
+        )
+        candidates = candidates.to(device)
+        # 2. fresh scores of every candidate (no grad: they only rank and sample)
+        docs = self._document_embeddings(candidates, with_grad=False)
+        with torch.no_grad():
+            fresh = (
+                maxsim_paired(query.embeddings.detach(), query.mask, docs.embeddings, docs.mask)
+                / q_tokens[:, None]
+            )
+        rank_loss = scored = nll = scored_scores = None
+        if args.rank_loss_weight > 0:
+            # 3. which candidates get an LLM utility
+            n = args.num_scored_docs
+            if args.candidate_sampling == "sample" and training:
+                probs = torch.softmax(fresh / args.rank_temperature, dim=-1)
+                pick = torch.multinomial(probs, n, replacement=False)
+            else:
+                pick = fresh.topk(n, dim=-1).indices
+            scored = candidates.gather(1, pick)
+            scored_docs = self._document_embeddings(scored, with_grad=not args.freeze_document_encoder)
+            scored_scores = maxsim_paired(query.embeddings, query.mask, *scored_docs) / q_tokens[:, None]
+            # 4. utility of each scored document: one batched no-grad forward of the LLM
+            prompts = [
+                self.prompts.prompt(r, [self._passage(int(i))]) for r, ids in zip(rows, scored) for i in ids
+            ]
+            targets = [format_target(r) for r in rows for _ in range(n)]
+            batch = {
+                k: v.to(self.args.device) for k, v in self.prompts.batch(prompts, targets, "left").items()
+            }
+            nll = answer_nll(model, batch).view(len(rows), n).to(device)
+            # 5. rank loss on the retriever
+            if args.rank_loss == "llm_rank":
+                rank_loss = llm_rank_loss(scored_scores, nll, args.rank_temperature)
+            else:
+                rank_loss = pdist_loss(scored_scores, nll, args.rank_temperature, args.utility_temperature)
+        # 6. LM loss with the top passages, best nearest the question
+        context = candidates.gather(1, fresh.topk(args.num_context_docs, dim=-1).indices)
+        prompts = [
+            self.prompts.prompt(r, [self._passage(int(i)) for i in ids]) for r, ids in zip(rows, context)
+        ]
+        batch = {
+            k: v.to(self.args.device)
+            for k, v in self.prompts.batch(prompts, [format_target(r) for r in rows]).items()
+        }
+        lm = lm_loss(model, batch)
+        loss = lm if rank_loss is None else lm + args.rank_loss_weight * rank_loss.to(lm.device)
+        return JointStepOutput(loss, lm, rank_loss, candidates, context, scored, nll, scored_scores)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | None = None,
+    ):
+        """The whole joint step; a non-finite loss is skipped (zero gradient) with a logged warning."""
+        rows = inputs["rows"]
+        if not rows:
+            raise ValueError("JMLRTrainer received an empty batch")
+        self._maybe_refresh_index()
+        out = self.joint_step(model, rows)
+        loss = out.loss
+        if not torch.isfinite(loss):
+            self.skipped_batches += 1
+            logger.warning(
+                "Non-finite loss (lm_loss=%s, rank_loss=%s) at step %d on rows %s: skipping the batch",
+                float(out.lm_loss),
+                None if out.rank_loss is None else float(out.rank_loss),
+                self.state.global_step,
+                [r.get("id") for r in rows],
+            )
+            self._metrics["skipped_batches"].append(1.0)
+            loss = self._zero_loss(model)
+        elif model.training:
+            self._record_metrics(out)
+        return (loss, out) if return_outputs else loss
+
+    def _zero_loss(self, model: nn.Module) -> torch.Tensor:
+        """A zero that belongs to the graph of every trainable weight: backward gives zero gradients."""
+        params = [p for m in (model, self.retriever) for p in m.parameters() if p.requires_grad]
+        return sum(p.reshape(-1)[0] * 0.0 for p in params) if params else torch.zeros((), requires_grad=True)
+
+    def _record_metrics(self, out: JointStepOutput) -> None:
+        self._metrics["lm_loss"].append(float(out.lm_loss.detach()))
+        if out.rank_loss is not None:
+            self._metrics["rank_loss"].append(float(out.rank_loss.detach()))
+            taus = [
+                kendall_tau(s.detach().float().cpu(), -l.float().cpu())
+                for s, l in zip(out.scored_scores, out.utility_nll)
+            ]
+            self._metrics["rank_agreement_kendall_tau"].append(sum(taus) / len(taus))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the averaged joint-step metrics (``lm_loss``, ``rank_loss``, Kendall tau, refreshes) to train logs."""
+        if "loss" in logs and self._metrics:
+            for key, values in self._metrics.items():
+                if values:
+                    logs[key] = sum(values) if key == "skipped_batches" else sum(values) / len(values)
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation: the joint loss (top candidates, no sampling) under no_grad."""
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # ------------------------------------------------------------------ saving and resuming
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            self.retriever.save_pretrained(os.path.join(output_dir, RETRIEVER_DIR))
+            if self.args.freeze_document_encoder:
+                self.index.save(os.path.join(output_dir, INDEX_DIR))
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            self.index.save(os.path.join(folder, INDEX_DIR))
+            with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as f:
+                json.dump(
+                    {"last_refresh_step": self._last_refresh_step, "skipped_batches": self.skipped_batches}, f
+                )
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        retriever_dir = os.path.join(resume_from_checkpoint, RETRIEVER_DIR)
+        if os.path.isdir(retriever_dir):
+            loaded = type(self.retriever).from_pretrained(retriever_dir)
+            self.retriever.load_state_dict(loaded.state_dict())
+        index_dir = os.path.join(resume_from_checkpoint, INDEX_DIR)
+        if os.path.isdir(index_dir):
+            # The vectors come from the last refresh, so they are stale by design.
+            self.index = DocumentIndex.load(index_dir, self.index.retriever, allow_stale=True)
+        state_file = os.path.join(resume_from_checkpoint, STATE_FILE)
+        if os.path.isfile(state_file):
+            with open(state_file, encoding="utf-8") as f:
+                state = json.load(f)
+            self._last_refresh_step = int(state.get("last_refresh_step", -1))
+            self.skipped_batches = int(state.get("skipped_batches", 0))
