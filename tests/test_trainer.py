@@ -101,17 +101,17 @@ def test_rank_losses_prefer_the_useful_document():
         assert torch.isfinite(loss)
         loss.backward()
     # the pairwise loss equals its definition
-    s, l = torch.randn(2, 4), torch.randn(2, 4)
+    s, u = torch.randn(2, 4), torch.randn(2, 4)
     expected = []
     for b in range(2):
         for i in range(4):
             for j in range(4):
-                if l[b, i] != l[b, j]:
+                if u[b, i] != u[b, j]:
                     x = (s[b, i] - s[b, j]) / 0.1
-                    y = float(l[b, i] < l[b, j])
+                    y = float(u[b, i] < u[b, j])
                     logsig = torch.nn.functional.logsigmoid
                     expected.append(-(y * logsig(x) + (1 - y) * logsig(-x)))
-    torch.testing.assert_close(llm_rank_loss(s, l, 0.1), torch.stack(expected).mean(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(llm_rank_loss(s, u, 0.1), torch.stack(expected).mean(), rtol=1e-4, atol=1e-5)
 
 
 def test_prompt_is_the_same_for_training_and_inference_and_context_truncates_as_a_whole(llm_tokenizer, demo):

@@ -328,8 +328,8 @@ class JMLRTrainer(Trainer):
         if out.rank_loss is not None:
             self._metrics["rank_loss"].append(float(out.rank_loss.detach()))
             taus = [
-                kendall_tau(s.detach().float().cpu(), -l.float().cpu())
-                for s, l in zip(out.scored_scores, out.utility_nll)
+                kendall_tau(s.detach().float().cpu(), -u.float().cpu())
+                for s, u in zip(out.scored_scores, out.utility_nll)
             ]
             self._metrics["rank_agreement_kendall_tau"].append(sum(taus) / len(taus))
 
