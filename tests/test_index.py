@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 
@@ -12,6 +13,7 @@ from jmlr_hf import DocumentIndex
 from jmlr_hf.data import chunk_corpus, load_corpus
 from jmlr_hf.data.corpus import passage_text_for_encoding
 from jmlr_hf.retriever import StaleIndexError, maxsim
+from jmlr_hf.retriever.index import _FaissBackend
 
 from conftest import make_tiny_retriever
 
@@ -187,8 +189,8 @@ def test_faiss_recall_on_ngc_passages(ngc_path, encoder_path):
     docs = [json.loads(line) for line in itertools.islice(open(ngc_path, encoding="utf-8"), 150)]
     exact = DocumentIndex.build(docs, retriever, backend="exact", batch_size=64)
     assert exact.num_passages >= 2000
-    fast = DocumentIndex.build(docs, retriever, backend="faiss")
-    fast.store = exact.store  # same vectors; only the search differs
+    fast = copy.copy(exact)  # same passages and vectors; only the search backend differs
+    fast.backend = _FaissBackend()
     fast.backend.build(exact.store)
     queries = [d["title"] for d in docs[::3]][:40]
     e = exact.search(queries, k=30)
