@@ -383,3 +383,51 @@ class JMLRTrainer(Trainer):
                 state = json.load(f)
             self._last_refresh_step = int(state.get("last_refresh_step", -1))
             self.skipped_batches = int(state.get("skipped_batches", 0))
+
+    # ------------------------------------------------------------------ Hub
+    def create_model_card(self, **kwargs: Any) -> None:
+        """Write the LLM's JMLR model card to ``output_dir/README.md`` (main process only).
+
+        Takes ``Trainer.create_model_card``'s keywords (``license``, ``tags``, ``model_name``,
+        ``finetuned_from``, ``dataset``, ...) and the card fields of :func:`jmlr_hf.hub.card_fields`.
+        """
+        if not self.is_world_process_zero():
+            return
+        from ..hub import card_fields, render_model_card
+
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        fields = card_fields(self, **kwargs)["llm"]
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
+            f.write(render_model_card(fields["kind"], **fields))
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs: Any,
+    ) -> tuple[str, str] | None:
+        """Push the LLM to ``args.hub_model_id`` and the retriever to ``args.hub_model_id + "-retriever"``.
+
+        Each repo gets its model card; see :func:`jmlr_hf.hub.push_jmlr_to_hub`. ``kwargs`` are card
+        fields (``datasets``, ``base_model``, ``license``, ...). Every process must call it (the
+        weights are saved collectively); only the main process creates the repos and uploads.
+
+        Returns:
+            The two repo URLs on the main process, ``None`` on the others.
+        """
+        from ..hub import push_jmlr_to_hub
+
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        return push_jmlr_to_hub(
+            self,
+            commit_message=commit_message,
+            private=private,
+            token=token,
+            revision=revision,
+            blocking=blocking,
+            **kwargs,
+        )
