@@ -8,6 +8,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?= -m "not slow and not gpu"
 STAMP := $(VENV)/.jmlr-installed
+LINT_PATHS := $(wildcard src tests bench examples)
 
 .PHONY: setup test test-all lint demo bench clean
 
@@ -22,8 +23,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 lint: setup
-	$(VENV)/bin/ruff check src tests bench examples
-	$(VENV)/bin/ruff format --check src tests bench examples
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
