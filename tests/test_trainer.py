@@ -161,7 +161,7 @@ def test_joint_step_trains_both_models_with_their_learning_rates(
 
 
 def test_batch_output_shapes_and_context_order(tmp_path, llm_tokenizer, bert_tokenizer, demo):
-    trainer = make_trainer(tmp_path, llm_tokenizer, bert_tokenizer, demo)
+    trainer = make_trainer(tmp_path, llm_tokenizer, bert_tokenizer, demo, utility_precision="fp32")
     rows = [dict(demo.train[i]) for i in range(3)]
     from jmlr_hf.data import validate_qa_row
 

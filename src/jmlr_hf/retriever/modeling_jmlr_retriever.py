@@ -105,7 +105,8 @@ def maxsim_paired(
     return best.sum(-1)
 
 
-def _bf16_supported(device: torch.device) -> bool:
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` has fast bf16 matrix math (AVX-512 BF16 or AMX CPUs, bf16-capable GPUs)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
@@ -304,7 +305,7 @@ class JMLRRetriever(PreTrainedModel):
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         token_ids = self._token_ids(texts, is_query)
         order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
-        use_bf16 = precision == "bf16" or (precision == "auto" and _bf16_supported(self.device))
+        use_bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(self.device))
         show = len(texts) >= _PROGRESS_THRESHOLD if show_progress_bar is None else show_progress_bar
         was_training = self.training
         self.eval()

@@ -34,6 +34,8 @@ class JMLRTrainingArguments(TrainingArguments):
         index_refresh_steps (`int`, defaults to 0): re-encode the index every N optimizer steps (0 = never).
         freeze_document_encoder (`bool`, defaults to `False`): train the query side only; document
             vectors come from the index (no refresh needed).
+        utility_precision (`str`, defaults to ``"auto"``): precision of the no-grad utility forward;
+            ``"auto"`` uses bf16 autocast where the hardware has fast bf16 (it only ranks documents).
         max_context_tokens (`int`, defaults to 1024): budget of the joined passages in the prompt; the
             context is truncated as a whole, the question and answer never are.
         prompt_template (`str`, *optional*): user message with ``{context}`` and ``{question}``.
@@ -70,6 +72,12 @@ class JMLRTrainingArguments(TrainingArguments):
     freeze_document_encoder: bool = field(
         default=False, metadata={"help": "Train the query encoder only; documents keep their index vectors."}
     )
+    utility_precision: str = field(
+        default="auto",
+        metadata={
+            "help": "'auto' (bf16 autocast where bf16 is fast), 'bf16' or 'fp32' for the utility forward."
+        },
+    )
     max_context_tokens: int = field(default=1024, metadata={"help": "Token budget of the joined passages."})
     prompt_template: str | None = field(
         default=None, metadata={"help": "User message template with {context} and {question}."}
@@ -96,6 +104,10 @@ class JMLRTrainingArguments(TrainingArguments):
             problems.append(f"rank_loss must be 'llm_rank' or 'pdist', got {self.rank_loss!r}")
         if self.candidate_sampling not in ("sample", "top"):
             problems.append(f"candidate_sampling must be 'sample' or 'top', got {self.candidate_sampling!r}")
+        if self.utility_precision not in ("auto", "bf16", "fp32"):
+            problems.append(
+                f"utility_precision must be 'auto', 'bf16' or 'fp32', got {self.utility_precision!r}"
+            )
         if self.rank_temperature <= 0 or self.utility_temperature <= 0:
             problems.append("rank_temperature and utility_temperature must be positive")
         if self.rank_loss_weight < 0:

@@ -29,6 +29,7 @@ from transformers import AutoTokenizer, PreTrainedModel, Trainer, TrainerCallbac
 from ..data.corpus import passage_text_for_encoding
 from ..data.qa import format_target, validate_qa_dataset
 from ..retriever import DocumentIndex, EncodedBatch, JMLRRetriever, maxsim_paired
+from ..retriever.modeling_jmlr_retriever import bf16_supported
 from .arguments import JMLRTrainingArguments
 from .collator import PromptBuilder, QACollator, answer_nll, lm_loss
 from .losses import kendall_tau, llm_rank_loss, pdist_loss
@@ -270,7 +271,8 @@ class JMLRTrainer(Trainer):
             batch = {
                 k: v.to(self.args.device) for k, v in self.prompts.batch(prompts, targets, "left").items()
             }
-            nll = answer_nll(model, batch).view(len(rows), n).to(device)
+            with self._utility_autocast():
+                nll = answer_nll(model, batch).view(len(rows), n).float().to(device)
             # 5. rank loss on the retriever
             if args.rank_loss == "llm_rank":
                 rank_loss = llm_rank_loss(scored_scores, nll, args.rank_temperature)
@@ -288,6 +290,13 @@ class JMLRTrainer(Trainer):
         lm = lm_loss(model, batch)
         loss = lm if rank_loss is None else lm + args.rank_loss_weight * rank_loss.to(lm.device)
         return JointStepOutput(loss, lm, rank_loss, candidates, context, scored, nll, scored_scores)
+
+    def _utility_autocast(self):
+        """bf16 autocast for the no-grad utility forward (``utility_precision``); it only ranks documents."""
+        device = self.args.device
+        precision = self.args.utility_precision
+        enabled = precision == "bf16" or (precision == "auto" and bf16_supported(device))
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def compute_loss(
         self,
