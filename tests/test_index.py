@@ -192,7 +192,11 @@ def test_faiss_recall_on_ngc_passages(ngc_path, encoder_path):
     fast = copy.copy(exact)  # same passages and vectors; only the search backend differs
     fast.backend = _FaissBackend()
     fast.backend.build(exact.store)
-    queries = [d["title"] for d in docs[::3]][:40]
+    # realistic queries: the first 40 MedQA questions of the real MIRAGE benchmark (as in bench/retrieval.py)
+    mirage = json.loads((ngc_path.parent.parent / "mirage" / "benchmark.json").read_text(encoding="utf-8"))[
+        "medqa"
+    ]
+    queries = [mirage[qid]["question"] for qid in sorted(mirage)[:40]]
     e = exact.search(queries, k=30)
     f = fast.search(queries, k=30)
     recall = sum(len({h["passage_id"] for h in a} & {h["passage_id"] for h in b}) for a, b in zip(e, f)) / (
