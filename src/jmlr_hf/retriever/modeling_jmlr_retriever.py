@@ -307,24 +307,6 @@ class JMLRRetriever(PreTrainedModel):
         order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
         use_bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(self.device))
         show = len(texts) >= _PROGRESS_THRESHOLD if show_progress_bar is None else show_progress_bar
-        # Under inference_mode autocast re-casts every Linear weight to bf16 on every call (about a
-        # third of the time of encoding one query on a CPU). Keep the bf16 copies between calls and
-        # pass them in with functional_call; a copy is remade when its weight is replaced, gets new
-        # data (.to(), .data =) or changes in place (its version counter moves, as after an
-        # optimizer step or load_state_dict), so training always encodes with the current weights.
-        bf16_weights: dict[str, torch.Tensor] = {}
-        if use_bf16:
-            cache = self.__dict__.setdefault("_bf16_weight_cache", {})
-            for name, module in self.named_modules():
-                weight = getattr(module, "weight", None)
-                if not isinstance(module, nn.Linear) or weight is None or weight.dtype != torch.float32:
-                    continue
-                key = (weight.data_ptr(), weight._version, weight.device, weight.shape)
-                entry = cache.get(name)
-                if entry is None or entry[0] is not weight or entry[1] != key:
-                    entry = (weight, key, weight.detach().to(torch.bfloat16))
-                    cache[name] = entry
-                bf16_weights[f"{name}.weight"] = entry[2]
         # eval() for encoding (and train() after it) walk every submodule, which costs more than
         # encoding a query: skip them when no module is in training mode.
         was_training = self.training
@@ -340,12 +322,7 @@ class JMLRRetriever(PreTrainedModel):
                     idx = order[start : start + batch_size]
                     inputs = self._collate([token_ids[i] for i in idx], is_query)
                     inputs = {k: v.to(self.device) for k, v in inputs.items()}
-                    if bf16_weights:
-                        out = torch.func.functional_call(
-                            self, bf16_weights, args=(), kwargs=inputs, tie_weights=False
-                        )
-                    else:
-                        out = self(**inputs)
+                    out = self(**inputs)
                     yield idx, out.embeddings.float(), inputs["output_mask"]
         finally:
             if switch_mode:
