@@ -189,7 +189,13 @@ def test_batch_output_shapes_and_context_order(tmp_path, llm_tokenizer, bert_tok
 
 
 def test_save_layout_and_resume_is_identical(tmp_path, llm_tokenizer, bert_tokenizer, demo):
-    common = dict(max_steps=4, candidate_sampling="sample", index_refresh_steps=2, logging_steps=1, utility_precision="fp32")
+    common = dict(
+        max_steps=4,
+        candidate_sampling="sample",
+        index_refresh_steps=2,
+        logging_steps=1,
+        utility_precision="fp32",
+    )
     straight = make_trainer(tmp_path / "a", llm_tokenizer, bert_tokenizer, demo, **common)
     straight.train()
     losses_straight = [h["loss"] for h in straight.state.log_history if "loss" in h]

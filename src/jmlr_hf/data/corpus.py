@@ -41,16 +41,8 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
         import gzip
 
         opener = gzip.open if suffix.endswith(".gz") else open
-        rows = []
         with opener(path, "rt", encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}, line {line_no}: not valid JSON ({err.msg})") from err
-        return rows
+            return parse_json_lines(f.read(), path)[0]
     if suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, list):
@@ -61,6 +53,20 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 
         return pq.read_table(str(path)).to_pylist()
     raise ValueError(f"{path}: unsupported corpus format {suffix!r} (use .jsonl, .json or .parquet)")
+
+
+def parse_json_lines(text: str, path: Path) -> tuple[list[Any], list[str]]:
+    """Parse JSON Lines text: the rows and a ``row i (line n)`` name for each; errors name the line."""
+    rows, names = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {number}: invalid JSON ({err})") from err
+        names.append(f"row {len(rows) - 1} (line {number})")
+    return rows, names
 
 
 def load_corpus(source: CorpusSource) -> Dataset:

@@ -34,6 +34,8 @@ from typing import Any, TypedDict
 
 from datasets import Dataset, DatasetDict, Features, Value
 
+from .corpus import parse_json_lines
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -686,19 +688,6 @@ def load_mirage(path: str | os.PathLike[str], datasets: Sequence[str] | None = N
     return out
 
 
-def _parse_json_lines(text: str, path: Path) -> tuple[list[Any], list[str]]:
-    rows, names = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}, line {number}: invalid JSON ({err})") from err
-        names.append(f"row {len(rows) - 1} (line {number})")
-    return rows, names
-
-
 def _rows_from_container(data: Any, split: str | None, where: str) -> list[Any]:
     """Pick the rows out of a JSON value or a DatasetDict-like mapping."""
     if isinstance(data, Mapping):
@@ -730,14 +719,14 @@ def _read_rows(path: Path, split: str | None) -> tuple[list[Any], list[str]]:
 
         rows = pq.read_table(path).to_pylist()
     elif suffix == ".jsonl":
-        return _parse_json_lines(path.read_text(encoding="utf-8"), path)
+        return parse_json_lines(path.read_text(encoding="utf-8"), path)
     elif suffix == ".json":
         text = path.read_text(encoding="utf-8")
         try:
             data = json.loads(text)
         except json.JSONDecodeError:
             # Several releases (e.g. MedMCQA's train.json / dev.json) are JSON lines named .json.
-            return _parse_json_lines(text, path)
+            return parse_json_lines(text, path)
         rows = _rows_from_container(data, split, str(path))
     else:
         raise ValueError(f"{path}: unsupported file type {suffix!r} (use .json, .jsonl or .parquet)")
