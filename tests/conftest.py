@@ -50,6 +50,24 @@ def make_tiny_retriever(tokenizer, dim: int = 16, seed: int = 0, **config_kwargs
     return model.eval()
 
 
+def tiny_llama_config(**overrides: object):
+    """A 2-layer GQA Llama config (4 query / 2 key-value heads, hidden 64) for fast tests."""
+    from transformers import LlamaConfig
+
+    kwargs = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        max_position_embeddings=256,
+        pad_token_id=0,
+    )
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
+
+
 @pytest.fixture
 def tiny_retriever(bert_tokenizer):
     return make_tiny_retriever(bert_tokenizer)

@@ -18,19 +18,11 @@ from jmlr_hf.attention.context import (
     mark_embeddings_and_norms_trainable,
 )
 
+from conftest import tiny_llama_config
+
 
 def tiny_config(**overrides: object) -> LlamaConfig:
-    kwargs = dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        max_position_embeddings=64,
-    )
-    kwargs.update(overrides)
-    return LlamaConfig(**kwargs)
+    return tiny_llama_config(**{"max_position_embeddings": 64, "pad_token_id": None, **overrides})
 
 
 def tiny_model(**overrides: object) -> LlamaForCausalLM:

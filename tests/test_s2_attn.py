@@ -35,6 +35,8 @@ from jmlr_hf.attention.s2_attn import (
     s2_attention_forward,
 )
 
+from conftest import tiny_llama_config
+
 # ---------------------------------------------------------------------------------------------------------------
 # The slow, obviously-correct reference
 # ---------------------------------------------------------------------------------------------------------------
@@ -101,21 +103,6 @@ def _key_valid(seq: int, lengths: list[int], left: bool = False) -> torch.Tensor
 
 def _rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual.double() - expected).abs().max() / expected.abs().max())
-
-
-def tiny_llama_config(**overrides: object) -> LlamaConfig:
-    kwargs = dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        max_position_embeddings=256,
-        pad_token_id=0,
-    )
-    kwargs.update(overrides)
-    return LlamaConfig(**kwargs)
 
 
 def _pair(config: LlamaConfig, model_cls: type = LlamaForCausalLM) -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -6,13 +6,13 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from jmlr_hf import DocumentIndex, JMLRRetriever, JMLRTrainer, JMLRTrainingArguments
 from jmlr_hf.data import format_target, make_demo_task
 from jmlr_hf.trainer import PromptBuilder, llm_rank_loss, pdist_loss
 
-from conftest import make_tiny_retriever
+from conftest import make_tiny_retriever, tiny_llama_config
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +27,10 @@ def llm_tokenizer():
 
 def tiny_llm(tokenizer, seed: int = 0):
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    config = tiny_llama_config(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=2048,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
