@@ -91,3 +91,24 @@ def ngc_path(shared_data) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} is missing")
     return path
+
+
+def save_tiny_models(root: Path, llm_tokenizer, bert_tokenizer, seed: int = 0) -> tuple[Path, Path]:
+    """Save a tiny random Llama (with ``llm_tokenizer``) to ``root/llm`` and a tiny retriever to
+    ``root/retriever``, as a user's own checkpoints would be: ``(llm_dir, retriever_dir)``."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = tiny_llama_config(
+        vocab_size=len(llm_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        max_position_embeddings=2048,
+        pad_token_id=llm_tokenizer.pad_token_id,
+        eos_token_id=llm_tokenizer.eos_token_id,
+    )
+    llm_dir, retriever_dir = root / "llm", root / "retriever"
+    AutoModelForCausalLM.from_config(config).save_pretrained(llm_dir)
+    llm_tokenizer.save_pretrained(llm_dir)
+    make_tiny_retriever(bert_tokenizer, seed=seed).save_pretrained(retriever_dir)
+    return llm_dir, retriever_dir

@@ -110,6 +110,77 @@ def load_default_llm(**kwargs: Any):
     return model, tokenizer
 
 
+QUANTIZATIONS = ("4bit",)
+
+
+def load_llm(
+    name_or_path: str | os.PathLike,
+    quantization: str | None = None,
+    attn_implementation: str | None = None,
+    dtype: Any = None,
+    gradient_checkpointing: bool = True,
+    **kwargs: Any,
+):
+    """Load a causal LM for joint training, optionally 4-bit quantized for QLoRA.
+
+    Args:
+        name_or_path: Hub id or local folder (``AutoModelForCausalLM.from_pretrained``).
+        quantization: ``None`` (plain weights) or ``"4bit"``: NF4 weights with double quantization and
+            bf16 compute (fp16 where the GPU has no bf16), via ``transformers.BitsAndBytesConfig``;
+            then ``peft.prepare_model_for_kbit_training`` (frozen base, fp32 norms, input gradients,
+            gradient checkpointing). Pass a LoRA ``peft_config`` to :class:`~jmlr_hf.JMLRTrainer`: it
+            trains the adapters and the retriever; the 4-bit base stays frozen. Needs CUDA and
+            ``bitsandbytes`` (``pip install "jmlr-hf[gpu]"``), imported only here.
+        attn_implementation: e.g. ``"s2_attn"``, ``"sdpa"``, ``"flash_attention_2"``.
+        dtype: dtype of the (non-quantized) weights; default: the checkpoint's, or the 4-bit compute dtype.
+        gradient_checkpointing: for ``"4bit"``: enable gradient checkpointing while preparing the model.
+        **kwargs: anything else ``from_pretrained`` takes (``device_map``, ``revision``, ...).
+
+    Raises:
+        ValueError: an unknown ``quantization``.
+        RuntimeError: ``"4bit"`` without a CUDA GPU.
+        ImportError: ``"4bit"`` without ``bitsandbytes``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if quantization is None:
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be None or one of {QUANTIZATIONS}, got {quantization!r}")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"quantization={quantization!r} (QLoRA) needs a CUDA GPU: bitsandbytes' 4-bit layers do not train "
+            "on the CPU. Load the model without quantization on this machine."
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            f"quantization={quantization!r} needs bitsandbytes: pip install 'jmlr-hf[gpu]' (or pip install bitsandbytes)"
+        ) from err
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    compute_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    kwargs["quantization_config"] = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+    kwargs["dtype"] = dtype if dtype is not None else compute_dtype
+    # One GPU per process: LOCAL_RANK under accelerate launch / torchrun (the current device is not set yet).
+    kwargs.setdefault("device_map", {"": int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))})
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+
+
 def load_default_retriever(dim: int = 128, **kwargs: Any):
     """A new :class:`~jmlr_hf.JMLRRetriever` with a ColBERT head on the embedded MiniLM encoder."""
     from .retriever import JMLRRetriever

@@ -190,6 +190,33 @@ _SENTENCES = {
         "Written information should be offered to patients and carers.",
     ),
 }
+# Related passages: about the same condition and worded like the questions, but without any answer
+# (a patient FAQ, an evidence summary, research priorities). They are what makes retrieval hard: a
+# retriever that only matches words ranks them high; the LLM's loss shows they do not help.
+_RELATED = (
+    (
+        "{c}: questions patients ask",
+        "Patients newly diagnosed with {c} often ask which medication is started first, what dose they "
+        "will take and for how long first-line treatment is continued. Many also ask which drugs must not "
+        "be combined with their therapy, which drug is used instead when they also have {comorbidity}, "
+        "and how often they will be screened for complications. The treating specialist answers these "
+        "questions using the current guideline for {c}.",
+    ),
+    (
+        "{c}: summary of the evidence",
+        "{c} is a rare {category} disorder, and the evidence on its treatment comes from small studies. "
+        "The recommended first-line drug, its dose and frequency, the duration of initial therapy, the "
+        "preferred alternative in patients with comorbidities, contraindicated co-medication and the "
+        "screening interval for complications of {c} are set out in the clinical practice guideline.",
+    ),
+    (
+        "Research priorities in {c}",
+        "Research on {c} focuses on the causes of {s1} and {s2}. Open questions include which patients "
+        "with {c} benefit from a longer duration of first-line treatment, whether a higher dose improves "
+        "the response, how drug interactions should be managed and how often patients should be "
+        "screened for complications.",
+    ),
+)
 _QUESTIONS = {
     "first_line": (
         "According to current guidelines, what is the first-line treatment for {c}?",
@@ -281,6 +308,7 @@ def _reserved_words() -> set[str]:
         *(q for group in _QUESTIONS.values() for q in group),
         *_EXPLANATIONS.values(),
         *_TITLES,
+        *(part for related in _RELATED for part in related),
         *_CONDITION_FORMS,
         *_CATEGORIES,
         *_SYMPTOMS,
@@ -401,6 +429,7 @@ def make_demo_task(
     seed: int = 0,
     *,
     questions_per_fact: int = 1,
+    related_docs_per_fact: int = 0,
 ) -> DemoTask:
     """Generate the synthetic demo task (fictional guidelines; not medical advice).
 
@@ -414,6 +443,9 @@ def make_demo_task(
         seed: Seed of the generator; the same seed gives the same task.
         questions_per_fact: Questions asked about each fact, each of a different type
             (see :data:`QUESTION_TYPES`).
+        related_docs_per_fact: Passages (0-3) added for every fact that are about the same condition and
+            worded like its questions but hold no answer (a patient FAQ, an evidence summary, research
+            priorities): hard negatives that only the LLM's loss tells apart from the gold passage.
 
     Returns:
         The :class:`DemoTask` (corpus, train and test datasets).
@@ -429,6 +461,8 @@ def make_demo_task(
         raise ValueError("need at least 2 passages (facts + distractor docs) to draw distractor drugs from")
     if not 0.0 <= test_fraction <= 1.0:
         raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}")
+    if not 0 <= related_docs_per_fact <= len(_RELATED):
+        raise ValueError(f"related_docs_per_fact must be in 0..{len(_RELATED)}, got {related_docs_per_fact}")
     if not 1 <= questions_per_fact <= len(QUESTION_TYPES):
         raise ValueError(f"questions_per_fact must be in 1..{len(QUESTION_TYPES)}, got {questions_per_fact}")
 
@@ -455,7 +489,13 @@ def make_demo_task(
     train_rows = [q for i, qs in enumerate(questions) if i not in test_facts for q in qs]
     test_rows = [q for i, qs in enumerate(questions) if i in test_facts for q in qs]
 
-    corpus = Dataset.from_list([{"id": d["doc_id"], "title": d["title"], "text": d["text"]} for d in docs])
+    passages = [{"id": d["doc_id"], "title": d["title"], "text": d["text"]} for d in docs]
+    for d in docs:
+        for j, (title, text) in enumerate(rng.sample(_RELATED, related_docs_per_fact)):
+            passages.append(
+                {"id": f"{d['doc_id']}-related-{j}", "title": title.format(**d), "text": text.format(**d)}
+            )
+    corpus = Dataset.from_list(passages)
     gold = {"gold_doc_id": Value("string")}
     task = DemoTask(
         corpus=corpus,

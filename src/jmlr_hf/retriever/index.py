@@ -152,8 +152,9 @@ class _FaissBackend:
         return faiss
 
     def _search_index(self) -> Any:
-        """The index searched: the CPU index, or its GPU copy (made once) when ``use_gpu``."""
-        if not self.use_gpu:
+        """The index searched: the CPU index, or its GPU copy (made once) when faiss has GPU support and
+        CUDA is available (``use_gpu=None``, the default) or ``use_gpu=True``."""
+        if not self._wants_gpu():
             return self.index
         if getattr(self, "_gpu_index", None) is None or self._gpu_source is not self.index:
             self._gpu_index, self._gpu_source = self._maybe_gpu(self.index), self.index
@@ -164,8 +165,8 @@ class _FaissBackend:
         if self._wants_gpu():
             logger.info("Moving the faiss index to the GPU")
             self._gpu_res = faiss.StandardGpuResources()
-            try:
-                return faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
+            try:  # this process's GPU (each process of a multi-GPU run has its own current device)
+                return faiss.index_cpu_to_gpu(self._gpu_res, torch.cuda.current_device(), index)
             except RuntimeError as err:  # e.g. a fast-scan index built on a CPU-only machine
                 logger.warning("Searching the faiss index on the CPU: it cannot move to the GPU (%s)", err)
         return index

@@ -94,22 +94,27 @@ class PromptBuilder:
             )
         return message + "\nAnswer: "
 
-    def target_ids(self, target: str) -> list[int]:
+    def target_ids(self, target: str, add_eos: bool = True) -> list[int]:
         ids = self.tokenizer(target, add_special_tokens=False)["input_ids"]
         eos = self.tokenizer.eos_token_id
-        return ids + ([eos] if eos is not None else [])
+        return ids + ([eos] if eos is not None and add_eos else [])
 
     def prompt_ids(self, prompt: str) -> list[int]:
         # The chat template already holds the special tokens it needs.
         return self.tokenizer(prompt, add_special_tokens=not self.use_chat_template)["input_ids"]
 
     def batch(
-        self, prompts: Sequence[str], targets: Sequence[str], padding_side: str = "right"
+        self,
+        prompts: Sequence[str],
+        targets: Sequence[str],
+        padding_side: str = "right",
+        add_eos: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """``input_ids``, ``attention_mask``, ``labels`` (loss on the target only) and ``target_lengths``."""
+        """``input_ids``, ``attention_mask``, ``labels`` (loss on the target only) and ``target_lengths``;
+        ``add_eos=False`` scores a target that is only the beginning of an answer."""
         seqs, labels, target_lengths = [], [], []
         for prompt, target in zip(prompts, targets):
-            p, t = self.prompt_ids(prompt), self.target_ids(target)
+            p, t = self.prompt_ids(prompt), self.target_ids(target, add_eos)
             seqs.append(p + t)
             labels.append([IGNORE_INDEX] * len(p) + t)
             target_lengths.append(len(t))

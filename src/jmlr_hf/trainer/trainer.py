@@ -9,6 +9,11 @@
 5. the rank loss on the retriever (``llm_rank`` or ``pdist``), gradients through the scored docs only;
 6. the LM loss on the answer with the top ``num_context_docs`` passages in the prompt;
    ``loss = lm_loss + rank_loss_weight * rank_loss``.
+
+Multi-process training (``accelerate launch``: DDP, FSDP, DeepSpeed) wraps only the LLM; the retriever
+stays replicated on every process (see :mod:`jmlr_hf.trainer.distributed`): rank 0's initial weights are
+broadcast, its gradients are averaged like DDP's at every optimizer step, and every process re-encodes
+the index itself at each refresh (identical weights give identical vectors, so no files or barriers).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedModel, Trainer, TrainerCallback
+from transformers import AutoTokenizer, PreTrainedModel, Trainer, TrainerCallback, get_scheduler
 
 from ..data.corpus import passage_text_for_encoding
 from ..data.qa import format_target, validate_qa_dataset
@@ -32,6 +37,7 @@ from ..retriever import DocumentIndex, EncodedBatch, JMLRRetriever, maxsim_paire
 from ..retriever.modeling_jmlr_retriever import bf16_supported
 from .arguments import JMLRTrainingArguments
 from .collator import PromptBuilder, QACollator, answer_nll, lm_loss
+from .distributed import any_process, average_gradients_, broadcast_module_, world_size
 from .losses import kendall_tau, llm_rank_loss, pdist_loss
 
 logger = logging.getLogger(__name__)
@@ -39,23 +45,34 @@ logger = logging.getLogger(__name__)
 RETRIEVER_DIR = "retriever"
 INDEX_DIR = "index"
 STATE_FILE = "jmlr_state.json"
+RETRIEVER_OPTIMIZER_FILE = "retriever_optimizer.pt"
+RETRIEVER_SCHEDULER_FILE = "retriever_scheduler.pt"
 
 
 class _RetrieverOptimizerCallback(TrainerCallback):
-    """``Trainer`` clips and zeroes the gradients of ``trainer.model`` only: do the same for the retriever
-    (without it, retriever gradients would silently accumulate across optimizer steps)."""
+    """``Trainer`` clips, steps and zeroes the gradients of ``trainer.model`` only: do the same for the retriever
+    (without it, retriever gradients would silently accumulate across optimizer steps). Under FSDP /
+    DeepSpeed the retriever has its own optimizer and scheduler, created and stepped here."""
 
-    def __init__(self, retriever: nn.Module) -> None:
-        self.retriever = retriever
+    def __init__(self, trainer: JMLRTrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.trainer.separate_retriever_optimizer:
+            self.trainer._create_retriever_optimizer(state.max_steps)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if args.max_grad_norm and args.max_grad_norm > 0:
-            params = [p for p in self.retriever.parameters() if p.grad is not None]
+            params = [p for p in self.trainer.retriever.parameters() if p.grad is not None]
             if params:
                 torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        self.retriever.zero_grad(set_to_none=True)
+        trainer = self.trainer
+        if trainer.separate_retriever_optimizer and trainer.retriever_optimizer is not None:
+            trainer.retriever_optimizer.step()
+            trainer.retriever_lr_scheduler.step()
+        trainer.retriever.zero_grad(set_to_none=True)
 
 
 @dataclass
@@ -87,6 +104,14 @@ class JMLRTrainer(Trainer):
 
     ``trainer.model`` is the LLM, ``trainer.retriever`` the retriever, ``trainer.index`` the index.
     ``save_model(dir)`` writes the LLM to ``dir`` and the retriever to ``dir/retriever``.
+
+    With several processes (``accelerate launch``) only the LLM is wrapped by DDP / FSDP / DeepSpeed;
+    the retriever (small) stays replicated: rank 0's initial weights are broadcast, its gradients are
+    averaged across processes at every optimizer step, and each process refreshes its own copy of the
+    index from the identical weights. Under FSDP / DeepSpeed the retriever gets its own optimizer and
+    scheduler (``retriever_optimizer``, ``retriever_lr_scheduler``; same optimizer class, schedule and
+    ``retriever_learning_rate``), because those wrappers only take the LLM's parameters; otherwise its
+    parameter groups (named ``"retriever"``) sit in ``trainer.optimizer``.
     """
 
     _tag_names = ["jmlr", "retrieval-augmented-generation", "medical", "colbert", "jmlr-hf"]
@@ -122,6 +147,12 @@ class JMLRTrainer(Trainer):
         # Retriever and index
         if not isinstance(retriever, JMLRRetriever):
             raise TypeError(f"retriever must be a JMLRRetriever, got {type(retriever).__name__}")
+        if any(hasattr(p, "ds_id") for p in retriever.parameters()):
+            raise ValueError(
+                "The retriever was partitioned by DeepSpeed ZeRO-3 (loaded inside zero.Init), but it must stay "
+                "replicated: set zero3_init_flag: false in the accelerate config, or load it before creating "
+                "the training arguments"
+            )
         if len(index) < args.num_candidate_docs:
             raise ValueError(
                 f"The index holds {len(index)} passages, fewer than num_candidate_docs={args.num_candidate_docs}"
@@ -162,26 +193,76 @@ class JMLRTrainer(Trainer):
             **kwargs,
         )
         self.retriever.to(self.args.device)
-        self.add_callback(_RetrieverOptimizerCallback(self.retriever))
+        self.retriever_optimizer: torch.optim.Optimizer | None = None
+        self.retriever_lr_scheduler: Any = None
+        # FSDP / DeepSpeed only optimize the wrapped LLM's parameters: the retriever gets its own optimizer.
+        self.separate_retriever_optimizer = bool(self.is_fsdp_enabled or self.is_deepspeed_enabled)
+        if self.separate_retriever_optimizer and self.args.fp16:
+            raise ValueError(
+                "fp16 under FSDP / DeepSpeed is not supported by JMLRTrainer (the retriever's gradients would "
+                "stay loss-scaled): use bf16"
+            )
+        self._retriever_optimizer_checkpoint: str | None = None
+        self.add_callback(_RetrieverOptimizerCallback(self))
+        self._sync_retriever_replicas()
         self.prompts = PromptBuilder(processing_class, args.prompt_template, args.max_context_tokens)
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._last_refresh_step = -1
         self.skipped_batches = 0
 
+    # ------------------------------------------------------------------ replicas (several processes)
+    def _sync_retriever_replicas(self) -> None:
+        """Give every process rank 0's retriever (and frozen document encoder); re-encode an index that
+        was built from other weights. A no-op in a single process."""
+        if world_size() == 1:
+            return
+        index_was_fresh = not self.index.is_stale
+        changed = broadcast_module_(self.retriever)
+        if self.index.retriever is not self.retriever:
+            changed = broadcast_module_(self.index.retriever) or changed
+        if any_process(changed, self.args.device):
+            logger.warning(
+                "The retriever's weights differed across processes: all use rank 0's now. Seed before "
+                "creating the retriever (transformers.set_seed) so that each process builds the same index."
+            )
+        if changed and index_was_fresh and self.index.is_stale:
+            logger.warning("Re-encoding this process's index with rank 0's retriever weights")
+            self.index.refresh(self.index.retriever, show_progress_bar=False)
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        """``Trainer.training_step``; on the last micro-batch of an optimizer step the retriever's gradients
+        are averaged across processes, where DDP averages the LLM's (before unscaling and clipping)."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.sync_gradients:
+            average_gradients_(self.retriever.parameters())
+        return loss
+
     # ------------------------------------------------------------------ optimizer
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        """The LLM's parameter groups (``learning_rate``) plus the retriever's (``retriever_learning_rate``)."""
+        """The LLM's parameter groups (``learning_rate``) plus the retriever's (``retriever_learning_rate``);
+        under FSDP / DeepSpeed the retriever's go to ``retriever_optimizer`` instead."""
         if self.optimizer is not None:
             return self.optimizer
         optimizer = super().create_optimizer(model)
+        groups = self._retriever_param_groups()
+        if not self.separate_retriever_optimizer:
+            for group in groups:
+                optimizer.add_param_group(group)
+        return optimizer
+
+    def _retriever_param_groups(self) -> list[dict[str, Any]]:
+        """The retriever's parameter groups (with and without weight decay), named ``"retriever"``."""
         lr = self.args.retriever_learning_rate
         lr = self.args.learning_rate if lr is None else lr
         decay = set(self.get_decay_parameter_names(self.retriever))
         named = [(n, p) for n, p in self.retriever.named_parameters() if p.requires_grad]
+        groups = []
         for with_decay in (True, False):
             params = [p for n, p in named if (n in decay) == with_decay]
             if params:
-                optimizer.add_param_group(
+                groups.append(
                     {
                         "params": params,
                         "lr": lr,
@@ -190,10 +271,43 @@ class JMLRTrainer(Trainer):
                     }
                 )
         self.retriever_param_names = [n for n, _ in named]
-        return optimizer
+        return groups
+
+    def _create_retriever_optimizer(self, num_training_steps: int) -> None:
+        """The retriever's own optimizer (the Trainer's optimizer class and settings) and scheduler."""
+        if self.retriever_optimizer is None:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.retriever)
+            self.retriever_optimizer = optimizer_cls(self._retriever_param_groups(), **optimizer_kwargs)
+        self.retriever_lr_scheduler = get_scheduler(
+            self.args.lr_scheduler_type,
+            optimizer=self.retriever_optimizer,
+            num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
+            num_training_steps=num_training_steps,
+            scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
+        )
+        checkpoint, self._retriever_optimizer_checkpoint = self._retriever_optimizer_checkpoint, None
+        if checkpoint is not None and os.path.isfile(os.path.join(checkpoint, RETRIEVER_OPTIMIZER_FILE)):
+            self.retriever_optimizer.load_state_dict(
+                torch.load(
+                    os.path.join(checkpoint, RETRIEVER_OPTIMIZER_FILE),
+                    map_location=self.args.device,
+                    weights_only=True,
+                )
+            )
+            self.retriever_lr_scheduler.load_state_dict(
+                torch.load(os.path.join(checkpoint, RETRIEVER_SCHEDULER_FILE), weights_only=True)
+            )
 
     # ------------------------------------------------------------------ the joint step
     def _maybe_refresh_index(self) -> None:
+        """Re-encode the index every ``index_refresh_steps`` optimizer steps.
+
+        With several processes each one refreshes its own copy, at the same step, from retriever weights
+        that are identical everywhere (broadcast at start, averaged gradients): the vectors are the same
+        as rank 0 would write, without a shared folder, a file round trip or a barrier that other ranks
+        would have to wait at for the whole refresh (which can outlast the collective timeout on a large
+        corpus). Wall time is the same as "rank 0 refreshes, the others wait".
+        """
         every = self.args.index_refresh_steps
         if every <= 0 or self.args.freeze_document_encoder or not self.model.training:
             return
@@ -330,7 +444,11 @@ class JMLRTrainer(Trainer):
     def _zero_loss(self, model: nn.Module) -> torch.Tensor:
         """A zero that belongs to the graph of every trainable weight: backward gives zero gradients."""
         params = [p for m in (model, self.retriever) for p in m.parameters() if p.requires_grad]
-        return sum(p.reshape(-1)[0] * 0.0 for p in params) if params else torch.zeros((), requires_grad=True)
+        return (
+            sum(p.reshape(-1)[:1].sum() * 0.0 for p in params)
+            if params
+            else torch.zeros((), requires_grad=True)
+        )
 
     def _record_metrics(self, out: JointStepOutput) -> None:
         self._metrics["lm_loss"].append(float(out.lm_loss.detach()))
@@ -360,11 +478,38 @@ class JMLRTrainer(Trainer):
     # ------------------------------------------------------------------ saving and resuming
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        self._save_retriever(output_dir if output_dir is not None else self.args.output_dir)
+
+    def _save_retriever(self, output_dir: str) -> None:
         if self.args.should_save:
             self.retriever.save_pretrained(os.path.join(output_dir, RETRIEVER_DIR))
             if self.args.freeze_document_encoder:
                 self.index.save(os.path.join(output_dir, INDEX_DIR))
+        self._retriever_saved_to = output_dir
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The LLM (through ``Trainer``'s FSDP / DeepSpeed gathering) to ``output_dir``, the retriever to
+        ``output_dir/retriever`` (main process only)."""
+        self._retriever_saved_to: str | None = None
+        super().save_model(output_dir, _internal_call)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self._retriever_saved_to != output_dir:  # FSDP with a sharded state dict skips _save
+            self._save_retriever(output_dir)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.retriever_optimizer is not None and self.args.should_save:
+            torch.save(
+                self.retriever_optimizer.state_dict(), os.path.join(output_dir, RETRIEVER_OPTIMIZER_FILE)
+            )
+            torch.save(
+                self.retriever_lr_scheduler.state_dict(), os.path.join(output_dir, RETRIEVER_SCHEDULER_FILE)
+            )
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        # The retriever's own optimizer is created at train begin, after this: it loads its state then.
+        self._retriever_optimizer_checkpoint = checkpoint
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         super()._save_checkpoint(model, trial)

@@ -1,0 +1,19 @@
+"""Evaluation: multiple-choice accuracy (closed-book or with retrieved passages), retrieval recall,
+retriever/LLM rank agreement, and result tables."""
+
+from .mcq import MCQResult, evaluate_mcq, letter_log_likelihoods, option_log_likelihoods, parse_answer_letter
+from .results import results_to_markdown, save_results
+from .retrieval import recall_at_k, retrieve_passages, retriever_llm_agreement
+
+__all__ = [
+    "MCQResult",
+    "evaluate_mcq",
+    "letter_log_likelihoods",
+    "option_log_likelihoods",
+    "parse_answer_letter",
+    "recall_at_k",
+    "results_to_markdown",
+    "retrieve_passages",
+    "retriever_llm_agreement",
+    "save_results",
+]

@@ -1,0 +1,93 @@
+"""Retrieval metrics: recall@k against known gold passages, and agreement with the LLM's utility."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.qa import format_target, validate_qa_dataset
+from ..retriever import DocumentIndex
+from ..trainer.collator import PromptBuilder, answer_nll
+from ..trainer.losses import kendall_tau
+
+__all__ = ["recall_at_k", "retrieve_passages", "retriever_llm_agreement"]
+
+
+def _questions(dataset: Any) -> list[str]:
+    return [row["question"] for row in validate_qa_dataset(dataset)]
+
+
+def retrieve_passages(
+    index: DocumentIndex, dataset: Any, k: int, batch_size: int = 32
+) -> list[list[dict[str, Any]]]:
+    """The top-``k`` passages (best first) for each row's question, as the trainer retrieves them."""
+    hits = index.search(_questions(dataset), k=k, batch_size=batch_size)
+    return [[dict(h) for h in row] for row in hits]
+
+
+def recall_at_k(
+    index: DocumentIndex,
+    dataset: Any,
+    ks: Sequence[int] = (1, 5, 10),
+    gold_field: str = "gold_doc_id",
+    batch_size: int = 32,
+) -> dict[str, float]:
+    """Fraction of questions whose gold document (``row[gold_field]``, a corpus ``id``) is in the top k.
+
+    Returns:
+        ``{"recall@1": ..., "recall@5": ..., ...}``.
+    """
+    rows = list(dataset)
+    if not rows:
+        raise ValueError("the evaluation dataset is empty")
+    for i, row in enumerate(rows):
+        if not row.get(gold_field):
+            raise ValueError(
+                f"row {i} (id {row.get('id')!r}) has no {gold_field!r}: recall needs the gold passage"
+            )
+    ks = sorted(set(ks))
+    known = set(index.passages["doc_id"])
+    missing = [row[gold_field] for row in rows if row[gold_field] not in known]
+    if missing:
+        raise ValueError(f"{len(missing)} gold documents are not in the index, e.g. {missing[0]!r}")
+    hits = retrieve_passages(index, rows, k=max(ks), batch_size=batch_size)
+    out = {}
+    for k in ks:
+        found = sum(row[gold_field] in {h["doc_id"] for h in top[:k]} for row, top in zip(rows, hits))
+        out[f"recall@{k}"] = found / len(rows)
+    return out
+
+
+def retriever_llm_agreement(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    index: DocumentIndex,
+    dataset: Any,
+    k: int = 10,
+    prompt_template: str | None = None,
+    max_context_tokens: int = 1024,
+    show_progress_bar: bool = True,
+) -> float:
+    """Mean Kendall tau between the retriever's ranking of its top ``k`` passages and the LLM's
+    (lower answer NLL given the passage = more useful): 1 = same order, 0 = unrelated."""
+    rows = validate_qa_dataset(dataset)
+    prompts = PromptBuilder(tokenizer, prompt_template, max_context_tokens)
+    device = next(model.parameters()).device
+    hits = retrieve_passages(index, rows, k=k)
+    taus = []
+    was_training = model.training
+    model.eval()
+    try:
+        for row, top in tqdm(list(zip(rows, hits)), desc="Rank agreement", disable=not show_progress_bar):
+            batch = prompts.batch(
+                [prompts.prompt(row, [h]) for h in top], [format_target(row)] * len(top), "left"
+            )
+            nll = answer_nll(model, {key: v.to(device) for key, v in batch.items()}).float().cpu()
+            scores = torch.tensor([h["score"] for h in top])
+            taus.append(kendall_tau(scores, -nll))
+    finally:
+        model.train(was_training)
+    return sum(taus) / len(taus)
