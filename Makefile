@@ -8,6 +8,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?= -m "not slow and not gpu"
 STAMP := $(VENV)/.jmlr-installed
+DEMO_DIR ?= outputs/demo
 LINT_PATHS := $(wildcard src tests bench examples)
 
 .PHONY: setup test test-all lint demo bench clean
@@ -33,7 +34,7 @@ test-all:
 	PYTEST_ARGS='-m "not gpu"' $(MAKE) test
 
 demo: setup
-	$(VENV)/bin/jmlr demo
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/jmlr demo --output-dir $(DEMO_DIR)
 
 bench: setup
 	$(PY) bench/retrieval.py

@@ -177,7 +177,7 @@ def test_option_log_likelihoods_match_unbatched_reference(tiny_llm, llm_tokenize
     rows = validate_qa_dataset(demo.test)[:3]
     prompts = PromptBuilder(llm_tokenizer, max_context_tokens=200)
     passages = retrieve_passages(index, rows, k=2)
-    got = option_log_likelihoods(tiny_llm, prompts, rows, passages, batch_size=5)
+    got = option_log_likelihoods(tiny_llm, prompts, rows, passages, batch_size=2)
     for row, scores, ctx in zip(rows, got, passages):
         prompt_ids = prompts.prompt_ids(prompts.prompt(row, ctx))
         for letter, text in row["options"].items():

@@ -15,6 +15,7 @@ model's choice:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -25,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.qa import answer_letters, validate_qa_dataset
-from ..trainer.collator import PromptBuilder, answer_nll
+from ..trainer.collator import PromptBuilder
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +133,11 @@ def letter_log_likelihoods(
     return out
 
 
+def _cache_argument(model: torch.nn.Module) -> str:
+    """``cache`` in transformers >= 5.24 (``past_key_values`` is deprecated there), else ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def option_log_likelihoods(
     model: torch.nn.Module,
@@ -143,23 +149,55 @@ def option_log_likelihoods(
 ) -> list[dict[str, float]]:
     """Summed log-probability of each answer beginning ``"<letter>. <option text>"``: one dict per row.
 
-    Arguments as :func:`letter_log_likelihoods`; ``batch_size`` counts (question, option) pairs.
+    Arguments as :func:`letter_log_likelihoods`. Each prompt is run once; its KV cache is shared by the
+    row's options, so scoring four options costs about one prompt forward, not four.
     """
     device = next(model.parameters()).device
-    pairs = []
-    for i, row in enumerate(rows):
-        prompt = prompts.prompt(row, passages[i] if passages is not None else ())
-        pairs.extend((i, letter, prompt, f"{letter}. {text}") for letter, text in row["options"].items())
-    out: list[dict[str, float]] = [{} for _ in rows]
-    for start in tqdm(
-        range(0, len(pairs), batch_size), desc="Scoring options", disable=not show_progress_bar
-    ):
-        chunk = pairs[start : start + batch_size]
-        batch = prompts.batch([p[2] for p in chunk], [p[3] for p in chunk], "left", add_eos=False)
-        nll = answer_nll(model, {key: v.to(device) for key, v in batch.items()}).float().cpu()
-        total = -(nll * batch["target_lengths"])
-        for (i, letter, _, _), value in zip(chunk, total.tolist()):
-            out[i][letter] = value
+    tokenizer = prompts.tokenizer
+    out: list[dict[str, float]] = []
+    for start in tqdm(range(0, len(rows), batch_size), desc="Scoring options", disable=not show_progress_bar):
+        chunk = rows[start : start + batch_size]
+        texts = [
+            prompts.prompt(row, passages[start + i] if passages is not None else ())
+            for i, row in enumerate(chunk)
+        ]
+        batch = _left_padded(prompts, texts, device)
+        mask = batch["attention_mask"]
+        first = model(
+            **batch, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1
+        )
+        first_logprobs = torch.log_softmax(first.logits[:, -1].float(), -1)
+        # one continuation per (row, option), right-padded, on a copy of its row's cache
+        owners, letters, answers = [], [], []
+        for i, row in enumerate(chunk):
+            for letter, text in row["options"].items():
+                owners.append(i)
+                letters.append(letter)
+                answers.append(tokenizer(f"{letter}. {text}", add_special_tokens=False)["input_ids"])
+        owner = torch.tensor(owners, device=device)
+        width = max(len(a) for a in answers)
+        cont = torch.full((len(answers), width), tokenizer.pad_token_id, dtype=torch.long, device=device)
+        cont_mask = torch.zeros_like(cont)
+        for j, a in enumerate(answers):
+            cont[j, : len(a)] = torch.tensor(a, device=device)
+            cont_mask[j, : len(a)] = 1
+        cache = first.get("cache") if first.get("cache") is not None else first.get("past_key_values")
+        cache.reorder_cache(owner)
+        prompt_lengths = mask.sum(-1)[owner]
+        logits = model(
+            input_ids=cont,
+            attention_mask=torch.cat([mask[owner], cont_mask], dim=1),
+            position_ids=prompt_lengths[:, None] + torch.arange(width, device=device),
+            **{_cache_argument(model): cache},
+        ).logits.float()
+        # token j of an answer is predicted by the prompt's last position (j = 0) or by answer token j - 1
+        logprobs = torch.cat([first_logprobs[owner][:, None], torch.log_softmax(logits[:, :-1], -1)], dim=1)
+        token_logprobs = logprobs.gather(-1, cont[..., None]).squeeze(-1) * cont_mask
+        totals = token_logprobs.sum(-1).cpu().tolist()
+        scores: list[dict[str, float]] = [{} for _ in chunk]
+        for i, letter, total in zip(owners, letters, totals):
+            scores[i][letter] = total
+        out.extend(scores)
     return out
 
 
@@ -219,7 +257,7 @@ def evaluate_mcq(
         prompt_template / max_context_tokens: as in :class:`~jmlr_hf.JMLRTrainingArguments`.
         method: ``"loglik"`` (answer-letter log-likelihood), ``"option"`` (log-likelihood of
             ``"<letter>. <option text>"``) or ``"generate"`` (greedy + parsing).
-        batch_size: questions (``"option"``: question-option pairs) per forward.
+        batch_size: questions per forward.
         max_new_tokens: generation length for ``method="generate"``.
         show_progress_bar: tqdm progress.
 
