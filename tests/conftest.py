@@ -24,6 +24,19 @@ def encoder_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def llm_tokenizer():
+    """The embedded SmolLM2 tokenizer (the tiny random LLMs of the tests use its vocabulary)."""
+    from transformers import AutoTokenizer
+
+    from jmlr_hf.models import MissingDefaultModelError, default_llm_path
+
+    try:
+        return AutoTokenizer.from_pretrained(default_llm_path())
+    except MissingDefaultModelError as err:
+        pytest.skip(str(err))
+
+
+@pytest.fixture(scope="session")
 def bert_tokenizer(encoder_path):
     from transformers import AutoTokenizer
 

@@ -27,16 +27,6 @@ def _write_jsonl(path, rows):
 
 
 @pytest.fixture(scope="module")
-def llm_tokenizer():
-    from jmlr_hf.models import MissingDefaultModelError, default_llm_path
-
-    try:
-        return AutoTokenizer.from_pretrained(default_llm_path())
-    except MissingDefaultModelError as err:
-        pytest.skip(str(err))
-
-
-@pytest.fixture(scope="module")
 def assets(tmp_path_factory, llm_tokenizer, bert_tokenizer):
     """Tiny models saved to folders, a JSONL corpus and QA files (train with rationales, test), an index."""
     root = tmp_path_factory.mktemp("cli")

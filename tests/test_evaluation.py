@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from jmlr_hf import DocumentIndex
 from jmlr_hf.data import format_target, make_demo_task, validate_qa_dataset
@@ -24,16 +24,6 @@ from jmlr_hf.evaluation import (
 from jmlr_hf.trainer import PromptBuilder, kendall_tau
 
 from conftest import make_tiny_retriever, tiny_llama_config
-
-
-@pytest.fixture(scope="module")
-def llm_tokenizer():
-    from jmlr_hf.models import MissingDefaultModelError, default_llm_path
-
-    try:
-        return AutoTokenizer.from_pretrained(default_llm_path())
-    except MissingDefaultModelError as err:
-        pytest.skip(str(err))
 
 
 @pytest.fixture(scope="module")

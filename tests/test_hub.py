@@ -27,9 +27,8 @@ from jmlr_hf.hub import (
 )
 from test_trainer import make_trainer, tiny_llm
 
-# test_trainer's module-scoped fixtures, shared here (plain assignments: pytest finds them by attribute)
+# test_trainer's module-scoped demo fixture, shared here (a plain assignment: pytest finds it by attribute)
 demo = test_trainer.demo
-llm_tokenizer = test_trainer.llm_tokenizer
 
 REPO = "org/jmlr-13b"
 BASE = "meta-llama/Llama-2-13b-hf"

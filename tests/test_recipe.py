@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from transformers import AutoTokenizer, BertConfig, BertModel, TrainerCallback
+from transformers import BertConfig, BertModel, TrainerCallback
 
 from jmlr_hf.cli import main
 from jmlr_hf.data import make_demo_task
@@ -31,16 +31,6 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "configs"
 def _write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-@pytest.fixture(scope="module")
-def llm_tokenizer():
-    from jmlr_hf.models import MissingDefaultModelError, default_llm_path
-
-    try:
-        return AutoTokenizer.from_pretrained(default_llm_path())
-    except MissingDefaultModelError as err:
-        pytest.skip(str(err))
 
 
 @pytest.fixture(scope="module")

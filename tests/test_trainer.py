@@ -6,23 +6,13 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, TrainerCallback
 
 from jmlr_hf import DocumentIndex, JMLRRetriever, JMLRTrainer, JMLRTrainingArguments
 from jmlr_hf.data import format_target, make_demo_task
 from jmlr_hf.trainer import PromptBuilder, llm_rank_loss, pdist_loss
 
 from conftest import make_tiny_retriever, tiny_llama_config
-
-
-@pytest.fixture(scope="module")
-def llm_tokenizer():
-    from jmlr_hf.models import MissingDefaultModelError, default_llm_path
-
-    try:
-        return AutoTokenizer.from_pretrained(default_llm_path())
-    except MissingDefaultModelError as err:
-        pytest.skip(str(err))
 
 
 def tiny_llm(tokenizer, seed: int = 0):

@@ -92,6 +92,21 @@ def _left_padded(
     return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
 
 
+def _prompt_batch(
+    prompts: PromptBuilder,
+    rows: Sequence[Mapping[str, Any]],
+    passages: Sequence[Sequence[Mapping[str, Any]]] | None,
+    offset: int,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """The left-padded prompts of ``rows`` (``passages[offset + i]`` in row i's prompt; none if None)."""
+    texts = [
+        prompts.prompt(row, passages[offset + i] if passages is not None else ())
+        for i, row in enumerate(rows)
+    ]
+    return _left_padded(prompts, texts, device)
+
+
 @torch.no_grad()
 def letter_log_likelihoods(
     model: torch.nn.Module,
@@ -116,11 +131,7 @@ def letter_log_likelihoods(
     starts = range(0, len(rows), batch_size)
     for start in tqdm(starts, desc="Scoring answers", disable=not show_progress_bar):
         chunk = rows[start : start + batch_size]
-        texts = [
-            prompts.prompt(row, passages[start + i] if passages is not None else ())
-            for i, row in enumerate(chunk)
-        ]
-        batch = _left_padded(prompts, texts, device)
+        batch = _prompt_batch(prompts, chunk, passages, start, device)
         position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         logits = model(**batch, position_ids=position_ids, logits_to_keep=1).logits[:, -1].float()
         logprobs = torch.log_softmax(logits, dim=-1).cpu()
@@ -157,11 +168,7 @@ def option_log_likelihoods(
     out: list[dict[str, float]] = []
     for start in tqdm(range(0, len(rows), batch_size), desc="Scoring options", disable=not show_progress_bar):
         chunk = rows[start : start + batch_size]
-        texts = [
-            prompts.prompt(row, passages[start + i] if passages is not None else ())
-            for i, row in enumerate(chunk)
-        ]
-        batch = _left_padded(prompts, texts, device)
+        batch = _prompt_batch(prompts, chunk, passages, start, device)
         mask = batch["attention_mask"]
         first = model(
             **batch, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1
@@ -216,11 +223,7 @@ def _generate_letters(
     out: list[str | None] = []
     for start in tqdm(range(0, len(rows), batch_size), desc="Generating", disable=not show_progress_bar):
         chunk = rows[start : start + batch_size]
-        texts = [
-            prompts.prompt(row, passages[start + i] if passages is not None else ())
-            for i, row in enumerate(chunk)
-        ]
-        batch = _left_padded(prompts, texts, device)
+        batch = _prompt_batch(prompts, chunk, passages, start, device)
         generated = model.generate(
             **batch,
             max_new_tokens=max_new_tokens,
