@@ -142,6 +142,7 @@ def chunk_corpus(
             add_special_tokens=False,
             return_offsets_mapping=True,
             truncation=False,
+            verbose=False,  # whole documents are longer than the model: they are only being split here
         )
         for j, offsets in enumerate(enc["offset_mapping"]):
             i = start + j
