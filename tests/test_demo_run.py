@@ -75,7 +75,9 @@ def test_joint_training_improves_held_out_answers(demo_summary):
         related_docs_per_fact=DEMO.related_docs_per_fact,
     )
     rows = validate_qa_dataset(task.test)[: DEMO.max_eval_questions]
-    index = DocumentIndex.load(out / "index", JMLRRetriever.from_pretrained(out / "model" / "retriever"))
+    index = DocumentIndex.load(
+        out / "model" / "index", JMLRRetriever.from_pretrained(out / "model" / "retriever")
+    )
     passages = retrieve_passages(index, rows, k=DEMO.num_context_docs)
     base, tokenizer = load_default_llm()
     trained = AutoModelForCausalLM.from_pretrained(out / "model")
@@ -95,6 +97,7 @@ def test_demo_writes_table_plot_and_checkpoints(demo_summary):
     assert "| JMLR (LLM + retriever trained) |" in table and "recall@2" in table
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     retriever = JMLRRetriever.from_pretrained(out / "model" / "retriever")
-    index = DocumentIndex.load(out / "index", retriever)  # fresh for the saved retriever
+    index = DocumentIndex.load(out / "model" / "index", retriever)  # fresh for the saved retriever
     assert not index.is_stale
     assert (out / "model" / "config.json").is_file()
+    assert json.loads((out / "model" / "jmlr_inference.json").read_text())["num_context_docs"] == 2

@@ -186,13 +186,10 @@ def _demo(args: argparse.Namespace) -> int:
         ("results.json", "all numbers, the training log and the settings"),
         ("results.md", "the table above"),
         ("training_curves.png", "lm_loss, rank_loss and held-out recall against the step"),
-        ("model/", "the trained LLM (model/retriever/: the trained retriever)"),
-        ("index/", "the index re-encoded with the trained retriever"),
+        ("model/", "the trained LLM, model/retriever/ (the trained retriever), model/index/ (re-encoded)"),
     ):
         print(f"  {os.path.join(out, name)}  {what}")
-    print(
-        f'\nTry it: jmlr ask "<a question>" --model {os.path.join(out, "model")} --index {os.path.join(out, "index")}'
-    )
+    print(f'\nTry it: jmlr ask "<a question>" --model {os.path.join(out, "model")}')
     print(f"\n{NOT_MEDICAL_ADVICE}")
     return 0
 

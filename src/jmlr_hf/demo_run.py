@@ -9,8 +9,10 @@ On the embedded defaults (SmolLM2-135M-Instruct + a ColBERT head on all-MiniLM-L
    recording ``lm_loss``, ``rank_loss`` and the held-out recall after every refresh;
 4. measure JMLR: the trained LLM with the frozen retriever's passages (the LLM's share of the gain) and
    with the trained retriever's passages (the full system);
-5. write ``results.json``, ``results.md``, ``training_curves.png`` and the checkpoints
-   (``model/`` with the LLM, ``model/retriever/`` and ``index/``) to the output folder.
+5. write ``results.json``, ``results.md``, ``training_curves.png`` and the checkpoints to the output
+   folder: ``model/`` (the LLM), ``model/retriever/``, ``model/index/`` (re-encoded with the trained
+   retriever) and ``model/jmlr_inference.json`` (prompt settings), the layout ``jmlr train`` writes, so
+   ``jmlr ask --model <output>/model`` and ``jmlr eval --model <output>/model`` use all of it.
 """
 
 from __future__ import annotations
@@ -214,9 +216,12 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
     }
 
     # Checkpoints, table, plot
+    from .recipe import write_inference_settings
+
     model_dir = os.path.join(config.output_dir, "model")
     trainer.save_model(model_dir)
-    index.save(os.path.join(config.output_dir, "index"))
+    index.save(os.path.join(model_dir, "index"))  # the `jmlr train` layout: `jmlr ask --model` finds it
+    write_inference_settings(model_dir, args)
     table = results_to_markdown(results)
     summary = {
         "results": results,
