@@ -136,6 +136,7 @@ def _load_index(index_dir: str, retriever_name: str | None, device):
 
 def _retrieval_demo(args: argparse.Namespace) -> int:
     from .data import make_demo_task
+    from .evaluation import recall_at_k
     from .recipe import load_retriever
     from .retriever import DocumentIndex
 
@@ -147,14 +148,10 @@ def _retrieval_demo(args: argparse.Namespace) -> int:
         f"Indexed {len(index)} passages from {len(task.corpus)} synthetic guidelines in "
         f"{time.perf_counter() - start:.1f}s"
     )
-    questions = list(task.test)
-    hits = index.search([q["question"] for q in questions], k=args.k)
-    found = sum(any(h["doc_id"] == q["gold_doc_id"] for h in row) for q, row in zip(questions, hits))
-    print(
-        f"recall@{args.k} of the gold passage on {len(questions)} held-out questions: "
-        f"{found / len(questions):.3f}"
-    )
-    example, top = questions[0], hits[0][0]
+    recall = recall_at_k(index, task.test, ks=(args.k,))[f"recall@{args.k}"]
+    print(f"recall@{args.k} of the gold passage on {len(task.test)} held-out questions: {recall:.3f}")
+    example = task.test[0]
+    top = index.search([example["question"]], k=1)[0][0]
     print(
         f"\nQ: {example['question']}\nTop passage ({top['doc_id']}, score {top['score']:.2f}): "
         f"{top['text'][:200]}..."

@@ -78,20 +78,6 @@ def _letter_token_ids(tokenizer: Any, letters: Sequence[str]) -> list[int]:
     return ids
 
 
-def _left_padded(
-    prompts: PromptBuilder, texts: Sequence[str], device: torch.device
-) -> dict[str, torch.Tensor]:
-    seqs = [prompts.prompt_ids(t) for t in texts]
-    width = max(len(s) for s in seqs)
-    pad = prompts.tokenizer.pad_token_id
-    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        input_ids[i, width - len(s) :] = torch.tensor(s)
-        mask[i, width - len(s) :] = 1
-    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
-
-
 def _prompt_batch(
     prompts: PromptBuilder,
     rows: Sequence[Mapping[str, Any]],
@@ -104,7 +90,8 @@ def _prompt_batch(
         prompts.prompt(row, passages[offset + i] if passages is not None else ())
         for i, row in enumerate(rows)
     ]
-    return _left_padded(prompts, texts, device)
+    batch = prompts.batch(texts, None, "left")
+    return {key: batch[key].to(device) for key in ("input_ids", "attention_mask")}
 
 
 @torch.no_grad()

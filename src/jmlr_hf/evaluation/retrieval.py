@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..data.qa import format_target, validate_qa_dataset
+from ..data.qa import validate_qa_dataset
 from ..retriever import DocumentIndex
-from ..trainer.collator import PromptBuilder, answer_nll
+from ..trainer.collator import PromptBuilder, passage_utility_nll
 from ..trainer.losses import kendall_tau
 
 __all__ = ["recall_at_k", "retrieve_passages", "retriever_llm_agreement"]
@@ -82,10 +82,7 @@ def retriever_llm_agreement(
     model.eval()
     try:
         for row, top in tqdm(list(zip(rows, hits)), desc="Rank agreement", disable=not show_progress_bar):
-            batch = prompts.batch(
-                [prompts.prompt(row, [h]) for h in top], [format_target(row)] * len(top), "left"
-            )
-            nll = answer_nll(model, {key: v.to(device) for key, v in batch.items()}).float().cpu()
+            nll = passage_utility_nll(model, prompts, [row], [top], device)[0].float().cpu()
             scores = torch.tensor([h["score"] for h in top])
             taus.append(kendall_tau(scores, -nll))
     finally:

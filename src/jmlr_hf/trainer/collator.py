@@ -106,15 +106,17 @@ class PromptBuilder:
     def batch(
         self,
         prompts: Sequence[str],
-        targets: Sequence[str],
+        targets: Sequence[str] | None,
         padding_side: str = "right",
         add_eos: bool = True,
     ) -> dict[str, torch.Tensor]:
         """``input_ids``, ``attention_mask``, ``labels`` (loss on the target only) and ``target_lengths``;
-        ``add_eos=False`` scores a target that is only the beginning of an answer."""
+        ``add_eos=False`` scores a target that is only the beginning of an answer; ``targets=None``
+        pads the prompts alone (for inference)."""
         seqs, labels, target_lengths = [], [], []
-        for prompt, target in zip(prompts, targets):
-            p, t = self.prompt_ids(prompt), self.target_ids(target, add_eos)
+        for prompt, target in zip(prompts, targets if targets is not None else [None] * len(prompts)):
+            p = self.prompt_ids(prompt)
+            t = self.target_ids(target, add_eos) if target is not None else []
             seqs.append(p + t)
             labels.append([IGNORE_INDEX] * len(p) + t)
             target_lengths.append(len(t))
@@ -164,6 +166,29 @@ def answer_nll(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tor
     ).view(labels.shape)
     valid = labels != IGNORE_INDEX
     return (nll * valid).sum(-1) / valid.sum(-1).clamp(min=1)
+
+
+def passage_utility_nll(
+    model: torch.nn.Module,
+    prompts: PromptBuilder,
+    rows: Sequence[Mapping[str, Any]],
+    passages: Sequence[Sequence[Mapping[str, Any]]],
+    device: torch.device | str,
+) -> torch.Tensor:
+    """Utility of passages: the NLL of each row's target with each of its passages alone in the prompt.
+
+    ``passages[i]`` holds the same number ``n`` of passages for every row; all ``rows x n`` prompts go
+    through one left-padded no-grad forward (:func:`answer_nll`). Returns ``[len(rows), n]``.
+    """
+    n = len(passages[0])
+    texts = [
+        prompts.prompt(row, [passage])
+        for row, row_passages in zip(rows, passages)
+        for passage in row_passages
+    ]
+    targets = [format_target(row) for row in rows for _ in range(n)]
+    batch = {key: value.to(device) for key, value in prompts.batch(texts, targets, "left").items()}
+    return answer_nll(model, batch).view(len(rows), n)
 
 
 def targets_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -36,7 +36,7 @@ from ..data.qa import format_target, validate_qa_dataset
 from ..retriever import DocumentIndex, EncodedBatch, JMLRRetriever, maxsim_paired
 from ..retriever.modeling_jmlr_retriever import bf16_supported
 from .arguments import JMLRTrainingArguments
-from .collator import PromptBuilder, QACollator, answer_nll, lm_loss
+from .collator import PromptBuilder, QACollator, lm_loss, passage_utility_nll
 from .distributed import any_process, average_gradients_, broadcast_module_, world_size
 from .losses import kendall_tau, llm_rank_loss, pdist_loss
 
@@ -378,15 +378,10 @@ class JMLRTrainer(Trainer):
             scored_docs = self._document_embeddings(scored, with_grad=not args.freeze_document_encoder)
             scored_scores = maxsim_paired(query.embeddings, query.mask, *scored_docs) / q_tokens[:, None]
             # 4. utility of each scored document: one batched no-grad forward of the LLM
-            prompts = [
-                self.prompts.prompt(r, [self._passage(int(i))]) for r, ids in zip(rows, scored) for i in ids
-            ]
-            targets = [format_target(r) for r in rows for _ in range(n)]
-            batch = {
-                k: v.to(self.args.device) for k, v in self.prompts.batch(prompts, targets, "left").items()
-            }
+            passages = [[self._passage(int(i)) for i in ids] for ids in scored]
             with self._utility_autocast():
-                nll = answer_nll(model, batch).view(len(rows), n).float().to(device)
+                nll = passage_utility_nll(model, self.prompts, rows, passages, self.args.device)
+            nll = nll.float().to(device)
             # 5. rank loss on the retriever
             if args.rank_loss == "llm_rank":
                 rank_loss = llm_rank_loss(scored_scores, nll, args.rank_temperature)
