@@ -370,13 +370,14 @@ def render(res: dict, args: argparse.Namespace, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
+def write_section(path: Path, section: str, heading: str = SECTION) -> None:
+    """Replace (or append) the ``heading`` section of the markdown file ``path`` with ``section``."""
     text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
     if not text.lstrip().startswith("# "):
         text = "# Benchmarks\n\n" + text
-    start = text.find(SECTION)
+    start = text.find(heading)
     if start >= 0:
-        end = text.find("\n## ", start + len(SECTION))
+        end = text.find("\n## ", start + len(heading))
         rest = text[end + 1 :] if end >= 0 else ""
         text = text[:start] + section + ("\n" + rest if rest else "")
     else:

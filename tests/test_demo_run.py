@@ -43,16 +43,10 @@ def test_joint_training_improves_held_out_retrieval(demo_summary):
 
 
 def _held_out_answer_nll(model, tokenizer, rows, passages) -> float:
-    from jmlr_hf.data import format_target
-    from jmlr_hf.trainer import PromptBuilder, answer_nll
+    from jmlr_hf.evaluation import rag_answer_nll
 
-    prompts = PromptBuilder(tokenizer, max_context_tokens=DEMO.max_context_tokens)
-    batch = prompts.batch(
-        [prompts.prompt(row, ctx) for row, ctx in zip(rows, passages)],
-        [format_target(r) for r in rows],
-        "left",
-    )
-    return float(answer_nll(model.eval(), batch).mean())
+    nll = rag_answer_nll(model, tokenizer, rows, passages, max_context_tokens=DEMO.max_context_tokens)
+    return sum(nll) / len(nll)
 
 
 def test_joint_training_improves_held_out_answers(demo_summary):

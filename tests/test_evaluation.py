@@ -15,6 +15,7 @@ from jmlr_hf.evaluation import (
     letter_log_likelihoods,
     option_log_likelihoods,
     parse_answer_letter,
+    rag_answer_nll,
     recall_at_k,
     results_to_markdown,
     retrieve_passages,
@@ -148,6 +149,20 @@ def test_retriever_llm_agreement_matches_per_passage_nll(tiny_llm, llm_tokenizer
             nll.append(float(torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100)))
         taus.append(kendall_tau(torch.tensor([h["score"] for h in top]), -torch.tensor(nll)))
     assert got == pytest.approx(sum(taus) / len(taus), abs=1e-6)
+
+
+def test_rag_answer_nll_matches_unbatched_reference(tiny_llm, llm_tokenizer, index, demo):
+    rows = validate_qa_dataset(demo.test)[:3]
+    passages = retrieve_passages(index, rows, k=2)
+    got = rag_answer_nll(tiny_llm, llm_tokenizer, rows, passages, batch_size=2, show_progress_bar=False)
+    prompts = PromptBuilder(llm_tokenizer)
+    for row, top, value in zip(rows, passages, got):  # one unpadded forward per row
+        batch = prompts.batch([prompts.prompt(row, top)], [format_target(row)])
+        logits = tiny_llm(input_ids=batch["input_ids"]).logits[0, :-1]
+        expected = torch.nn.functional.cross_entropy(logits, batch["labels"][0, 1:], ignore_index=-100)
+        assert value == pytest.approx(float(expected), abs=1e-4)
+    with pytest.raises(ValueError, match="2 passage lists for 3 rows"):
+        rag_answer_nll(tiny_llm, llm_tokenizer, rows, passages[:2])
 
 
 def test_results_table_and_json(tmp_path):

@@ -219,8 +219,18 @@ def test_resume_checkpoint_resolution(tmp_path):
 
     args = JMLRTrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint="last", use_cpu=True)
     assert _resume_checkpoint(args) is None  # nothing to resume yet: start from scratch
-    (tmp_path / "checkpoint-2").mkdir()
-    (tmp_path / "checkpoint-10").mkdir()
+    complete = [
+        "trainer_state.json",
+        "jmlr_state.json",
+        "retriever/config.json",
+        "retriever/model.safetensors",
+    ]
+    complete += [f"index/{name}" for name in ("index_config.json", "passages.parquet", "vectors.safetensors")]
+    for step in (2, 10):  # complete checkpoints: the files JMLRTrainer checks for
+        for name in complete:
+            (tmp_path / f"checkpoint-{step}" / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / f"checkpoint-{step}" / name).write_text("{}")
+    (tmp_path / "checkpoint-11").mkdir()  # interrupted while saving: skipped
     assert _resume_checkpoint(args) == str(tmp_path / "checkpoint-10")
     args.resume_from_checkpoint = str(tmp_path / "gone")
     with pytest.raises(FileNotFoundError, match="gone"):

@@ -50,6 +50,53 @@ def test_query_tokenisation_markers_and_expansion(tiny_retriever, bert_tokenizer
     assert inputs["output_mask"].all()
 
 
+LONG_QUESTION = (
+    "A 67-year-old man with a history of hypertension and type 2 diabetes presents to the emergency "
+    "department with crushing substernal chest pain radiating to the left arm for two hours. He is "
+    "diaphoretic; blood pressure is 150/95 mm Hg and pulse 104/min. An ECG shows ST elevation in leads "
+    "II, III and aVF. Troponin is elevated. Which of the following is the most appropriate next step "
+    "in management of this patient?"
+)
+
+
+def test_long_query_reaches_the_retriever_whole(tiny_retriever, bert_tokenizer):
+    """A MedQA-length vignette is not cut to query_length: the actual question at its end is encoded."""
+    full = bert_tokenizer(LONG_QUESTION)["input_ids"]
+    assert len(full) > 64
+    inputs = tiny_retriever.tokenize([LONG_QUESTION, "short query"], is_query=True)
+    ids = inputs["input_ids"][0]
+    assert ids.shape[0] == len(full) + 1  # [CLS] [Q] ... [SEP]: every word-piece plus the marker
+    assert ids[2:].tolist() == full[1:]
+    assert inputs["output_mask"][0].all() and inputs["attention_mask"][0].all()
+    # the short query of the same batch: expanded with [MASK] to query_length, then real padding
+    short_len = 32
+    assert inputs["output_mask"][1].sum() == short_len
+    assert (inputs["input_ids"][1, short_len:] == bert_tokenizer.pad_token_id).all()
+    assert not inputs["attention_mask"][1, short_len:].any()
+
+
+def test_query_vectors_do_not_depend_on_the_batch(tiny_retriever):
+    alone = tiny_retriever.encode_queries(["short query"], precision="fp32")
+    batched = tiny_retriever.encode_queries(["short query", LONG_QUESTION], precision="fp32")
+    n = alone.embeddings.shape[1]
+    assert alone.mask.sum() == batched.mask[0].sum() == n == 32
+    torch.testing.assert_close(batched.embeddings[0, :n], alone.embeddings[0], rtol=1e-4, atol=1e-5)
+    assert not batched.mask[0, n:].any()
+    docs = tiny_retriever.encode_documents(DOCS, precision="fp32")
+    torch.testing.assert_close(
+        tiny_retriever.score(batched, docs)[0], tiny_retriever.score(alone, docs)[0], rtol=1e-4, atol=1e-5
+    )
+
+
+def test_query_max_length_caps_long_queries(bert_tokenizer):
+    capped = make_tiny_retriever(bert_tokenizer, query_max_length=40)
+    assert capped.tokenize([LONG_QUESTION], is_query=True)["input_ids"].shape[1] == 40
+    # None means the encoder's limit (the tiny encoder has 256 positions)
+    assert make_tiny_retriever(bert_tokenizer).config.max_query_tokens == 256
+    with pytest.raises(ValueError, match="query_max_length"):
+        make_tiny_retriever(bert_tokenizer, query_max_length=2)
+
+
 def test_document_tokenisation_skiplist_and_truncation(tiny_retriever, bert_tokenizer):
     inputs = tiny_retriever.tokenize(["Hello, world! " * 200, "ok."], is_query=False)
     assert inputs["input_ids"].shape[1] == 180  # document_length
@@ -154,6 +201,8 @@ def test_loads_stanford_colbert_checkpoint(bert_tokenizer, tmp_path):
     _write_stanford_checkpoint(source, tmp_path / "colbert")
     loaded = JMLRRetriever.from_pretrained(tmp_path / "colbert")
     assert loaded.config.query_length == 24 and loaded.config.document_length == 100
+    assert loaded.config.query_max_length == 24  # ColBERT's query_maxlen stays exact
+    assert loaded.tokenize([LONG_QUESTION], is_query=True)["input_ids"].shape[1] == 24
     assert loaded.config.skiplist == list(string.punctuation)
     q, d = loaded.encode_queries(QUERIES, precision="fp32"), loaded.encode_documents(DOCS, precision="fp32")
     expected = source.score(

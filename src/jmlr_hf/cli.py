@@ -289,6 +289,7 @@ def _eval_datasets(args: argparse.Namespace) -> dict[str, Any]:
 def _eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_mcq, results_to_markdown, retrieve_passages, save_results
     from .recipe import read_inference_settings
+    from .trainer.arguments import DEFAULT_MAX_CONTEXT_TOKENS
 
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit must be positive, got {args.limit}")
@@ -301,7 +302,9 @@ def _eval(args: argparse.Namespace) -> int:
         )
     settings = read_inference_settings(_model_dir(args.model))
     k = args.k if args.k is not None else settings.get("num_context_docs", 7)
-    max_context_tokens = args.max_context_tokens or settings.get("max_context_tokens") or 1024
+    max_context_tokens = (
+        args.max_context_tokens or settings.get("max_context_tokens") or DEFAULT_MAX_CONTEXT_TOKENS
+    )
     device = _device(args.device)
     index = None
     retriever_name = _retriever_source(args.retriever, args.model)
@@ -380,6 +383,7 @@ def _ask(args: argparse.Namespace) -> int:
 
     from .recipe import read_inference_settings
     from .trainer import PromptBuilder
+    from .trainer.arguments import DEFAULT_MAX_CONTEXT_TOKENS
 
     if not args.question.strip():
         raise ValueError("the question is empty")
@@ -405,7 +409,7 @@ def _ask(args: argparse.Namespace) -> int:
     builder = PromptBuilder(
         tokenizer,
         settings.get("prompt_template"),
-        args.max_context_tokens or settings.get("max_context_tokens") or 1024,
+        args.max_context_tokens or settings.get("max_context_tokens") or DEFAULT_MAX_CONTEXT_TOKENS,
     )
     input_ids = torch.tensor([builder.prompt_ids(builder.prompt(row, hits))], device=device)
     with torch.no_grad():
@@ -614,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-context-tokens",
         type=int,
         default=None,
-        help="context budget (default: the trained one, else 1024)",
+        help="context budget (default: the trained one, else 2048)",
     )
     evaluate.add_argument("--batch-size", type=int, default=8, help="questions per forward")
     evaluate.add_argument(
@@ -649,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--k", type=int, default=7, help="passages in the prompt")
     ask.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit")
     ask.add_argument(
-        "--max-context-tokens", type=int, default=None, help="context budget (default: trained, else 1024)"
+        "--max-context-tokens", type=int, default=None, help="context budget (default: trained, else 2048)"
     )
     ask.add_argument(
         "--dtype", choices=["auto", "bfloat16", "float16", "float32"], default=None, help="LLM dtype"

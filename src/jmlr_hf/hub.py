@@ -132,9 +132,7 @@ def joint_step_arguments(args: JMLRTrainingArguments) -> dict[str, Any]:
 
 def _optimization_arguments(trainer: JMLRTrainer) -> dict[str, Any]:
     args = trainer.args
-    retriever_lr = (
-        args.learning_rate if args.retriever_learning_rate is None else args.retriever_learning_rate
-    )
+    retriever_lr = args.retriever_learning_rate
     total_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     rows: dict[str, Any] = {
         "learning_rate (LLM)": args.learning_rate,

@@ -573,23 +573,33 @@ def build_or_load_index(
 
 
 def _resume_checkpoint(training_args: JMLRTrainingArguments) -> str | None:
-    """``resume_from_checkpoint``: a folder, or ``"last"`` / ``"true"`` for the newest in ``output_dir``."""
+    """The checkpoint ``resume_from_checkpoint`` names, or ``None`` to start from scratch.
+
+    ``"last"`` (or ``"latest"``, ``"auto"``): the newest *complete* ``checkpoint-N`` of ``output_dir``;
+    newer incomplete ones (interrupted while saving) are skipped with a warning. ``"true"``: the newest
+    one, as ``Trainer.train(resume_from_checkpoint=True)`` takes it, and a folder: both must be complete
+    (``ValueError`` naming what is missing otherwise).
+    """
+    from .trainer.checkpoints import newest_complete_checkpoint, require_complete
+
     value = training_args.resume_from_checkpoint
     if value is None or str(value).lower() in ("", "false", "none"):
         return None
-    if str(value).lower() in ("last", "latest", "true", "auto"):
+    folder = training_args.output_dir
+    if str(value).lower() in ("last", "latest", "auto"):
+        last = newest_complete_checkpoint(folder) if folder else None
+    elif str(value).lower() == "true":
         from transformers.trainer_utils import get_last_checkpoint
 
-        folder = training_args.output_dir
         last = get_last_checkpoint(folder) if folder and os.path.isdir(folder) else None
-        if last is None:
-            logger.warning(
-                "resume_from_checkpoint=%s: no checkpoint in %s, starting from scratch", value, folder
-            )
-        return last
-    if not os.path.isdir(value):
-        raise FileNotFoundError(f"resume_from_checkpoint: checkpoint folder not found: {value}")
-    return str(value)
+    else:
+        require_complete(value)
+        return str(value)
+    if last is None:
+        logger.warning("resume_from_checkpoint=%s: no checkpoint in %s, starting from scratch", value, folder)
+        return None
+    require_complete(last)
+    return last
 
 
 def write_inference_settings(output_dir: str, training_args: JMLRTrainingArguments) -> None:
@@ -663,9 +673,16 @@ def run_training(
     trainer.save_model()
     if trainer.is_world_process_zero():
         output_dir = training_args.output_dir
+        trainer.save_state()  # trainer_state.json: the log history of the run
         write_inference_settings(output_dir, training_args)
         if data_args.save_index:
             if trainer.index.is_stale:
-                trainer.index.refresh(trainer.index.retriever)
+                logger.info(
+                    "Re-encoding the index (%d passages) with the trained retriever so that %s matches it "
+                    "(save_index: false skips this)",
+                    len(trainer.index),
+                    os.path.join(output_dir, INDEX_DIR),
+                )
+                trainer.index.refresh(trainer.index.retriever, show_progress_bar=True)
             trainer.index.save(os.path.join(output_dir, INDEX_DIR))
     return trainer

@@ -3,7 +3,7 @@ retriever/LLM rank agreement, and result tables."""
 
 from .mcq import MCQResult, evaluate_mcq, letter_log_likelihoods, option_log_likelihoods, parse_answer_letter
 from .results import results_to_markdown, save_results
-from .retrieval import recall_at_k, retrieve_passages, retriever_llm_agreement
+from .retrieval import rag_answer_nll, recall_at_k, retrieve_passages, retriever_llm_agreement
 
 __all__ = [
     "MCQResult",
@@ -11,6 +11,7 @@ __all__ = [
     "letter_log_likelihoods",
     "option_log_likelihoods",
     "parse_answer_letter",
+    "rag_answer_nll",
     "recall_at_k",
     "results_to_markdown",
     "retrieve_passages",

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.qa import answer_letters, validate_qa_dataset
+from ..trainer.arguments import DEFAULT_MAX_CONTEXT_TOKENS
 from ..trainer.collator import PromptBuilder
 
 logger = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ def evaluate_mcq(
     *,
     passages: Sequence[Sequence[Mapping[str, Any]]] | None = None,
     prompt_template: str | None = None,
-    max_context_tokens: int = 1024,
+    max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS,
     method: str = "loglik",
     batch_size: int = 8,
     max_new_tokens: int = 8,

@@ -8,12 +8,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..data.qa import validate_qa_dataset
+from ..data.qa import format_target, validate_qa_dataset
 from ..retriever import DocumentIndex
-from ..trainer.collator import PromptBuilder, passage_utility_nll
+from ..trainer.arguments import DEFAULT_MAX_CONTEXT_TOKENS
+from ..trainer.collator import PromptBuilder, answer_nll, eval_mode, passage_utility_nll
 from ..trainer.losses import kendall_tau
 
-__all__ = ["recall_at_k", "retrieve_passages", "retriever_llm_agreement"]
+__all__ = ["rag_answer_nll", "recall_at_k", "retrieve_passages", "retriever_llm_agreement"]
 
 
 def _questions(dataset: Any) -> list[str]:
@@ -68,7 +69,7 @@ def retriever_llm_agreement(
     dataset: Any,
     k: int = 10,
     prompt_template: str | None = None,
-    max_context_tokens: int = 1024,
+    max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS,
     show_progress_bar: bool = True,
 ) -> float:
     """Mean Kendall tau between the retriever's ranking of its top ``k`` passages and the LLM's
@@ -78,13 +79,37 @@ def retriever_llm_agreement(
     device = next(model.parameters()).device
     hits = retrieve_passages(index, rows, k=k)
     taus = []
-    was_training = model.training
-    model.eval()
-    try:
-        for row, top in tqdm(list(zip(rows, hits)), desc="Rank agreement", disable=not show_progress_bar):
-            nll = passage_utility_nll(model, prompts, [row], [top], device)[0].float().cpu()
-            scores = torch.tensor([h["score"] for h in top])
-            taus.append(kendall_tau(scores, -nll))
-    finally:
-        model.train(was_training)
+    for row, top in tqdm(list(zip(rows, hits)), desc="Rank agreement", disable=not show_progress_bar):
+        nll = passage_utility_nll(model, prompts, [row], [top], device)[0].float().cpu()  # in eval mode
+        scores = torch.tensor([h["score"] for h in top])
+        taus.append(kendall_tau(scores, -nll))
     return sum(taus) / len(taus)
+
+
+def rag_answer_nll(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    dataset: Any,
+    passages: Sequence[Sequence[dict[str, Any]]],
+    prompt_template: str | None = None,
+    max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS,
+    batch_size: int = 4,
+    show_progress_bar: bool = True,
+) -> list[float]:
+    """Per-row NLL (mean over target tokens) of each row's answer (letter, option text and explanation)
+    given its passages (best first) in the training prompt: how well the LLM answers from what the
+    retriever found. The LLM runs in eval mode; its mode is restored afterwards."""
+    rows = validate_qa_dataset(dataset)
+    if len(passages) != len(rows):
+        raise ValueError(f"{len(passages)} passage lists for {len(rows)} rows")
+    prompts = PromptBuilder(tokenizer, prompt_template, max_context_tokens)
+    device = next(model.parameters()).device
+    out: list[float] = []
+    starts = range(0, len(rows), batch_size)
+    with eval_mode(model):
+        for start in tqdm(starts, desc="Answer NLL", disable=not show_progress_bar):
+            chunk = rows[start : start + batch_size]
+            texts = [prompts.prompt(r, p) for r, p in zip(chunk, passages[start : start + batch_size])]
+            batch = prompts.batch(texts, [format_target(r) for r in chunk], "left")
+            out.extend(answer_nll(model, {k: v.to(device) for k, v in batch.items()}).float().tolist())
+    return out

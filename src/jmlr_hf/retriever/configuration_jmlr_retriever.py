@@ -17,8 +17,13 @@ class JMLRRetrieverConfig(PretrainedConfig):
         encoder_config (`PretrainedConfig` or `dict`, defaults to a BERT config):
             Configuration of the token encoder (any BERT-like ``AutoModel``).
         dim (`int`, defaults to 128): size of each token vector after the projection (no bias).
-        query_length (`int`, defaults to 32): queries are truncated, then padded with the mask token
-            ("query expansion") to exactly this many tokens.
+        query_length (`int`, defaults to 32): the *minimum* query length: shorter queries are padded with
+            the mask token ("query expansion") to this many tokens; longer ones keep their length.
+        query_max_length (`int`, *optional*): queries are truncated to this many tokens. ``None`` (the
+            default) means the encoder's limit (``max_position_embeddings``, 512 for BERT), so a MedQA
+            vignette reaches the retriever whole, as in the paper's code (``query_maxlen=512``). Stanford
+            ColBERT and PyLate checkpoints load with their own ``query_maxlen`` here (32 for most), which
+            keeps their behaviour exact; ``JMLRTrainingArguments.retriever_query_max_length`` raises it.
         document_length (`int`, defaults to 180): documents are truncated to this many tokens.
         query_marker (`str`, defaults to ``"[unused0]"``): token inserted after ``[CLS]`` in queries ([Q]).
         document_marker (`str`, defaults to ``"[unused1]"``): token inserted after ``[CLS]`` in documents ([D]).
@@ -35,6 +40,7 @@ class JMLRRetrieverConfig(PretrainedConfig):
     encoder_config: PretrainedConfig | dict | None = None
     dim: int = 128
     query_length: int = 32
+    query_max_length: int | None = None
     document_length: int = 180
     query_marker: str = "[unused0]"
     document_marker: str = "[unused1]"
@@ -42,6 +48,14 @@ class JMLRRetrieverConfig(PretrainedConfig):
     attend_to_expansion_tokens: bool = False
     skiplist: list[str] | None = None
     similarity: str = "maxsim"
+
+    @property
+    def max_query_tokens(self) -> int:
+        """Queries are truncated to this many tokens: ``query_max_length``, capped by the encoder's limit."""
+        limit = getattr(self.encoder_config, "max_position_embeddings", None) or 512
+        if self.query_max_length is None:
+            return int(limit)
+        return int(min(self.query_max_length, limit))
 
     def __post_init__(self, **kwargs):
         if self.skiplist is None:
@@ -53,6 +67,8 @@ class JMLRRetrieverConfig(PretrainedConfig):
                 "query_length and document_length must leave room for [CLS], the marker and [SEP]; "
                 f"got query_length={self.query_length}, document_length={self.document_length}"
             )
+        if self.query_max_length is not None and self.query_max_length < 3:
+            raise ValueError(f"query_max_length must be at least 3 (or None), got {self.query_max_length}")
         if self.similarity != "maxsim":
             raise ValueError(
                 f"similarity must be 'maxsim' (ColBERT late interaction), got {self.similarity!r}"

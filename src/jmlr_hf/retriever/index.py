@@ -20,9 +20,9 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -33,11 +33,14 @@ from ..data.corpus import CorpusSource, chunk_corpus, load_corpus, passage_text_
 from .modeling_jmlr_retriever import EncodedBatch, JMLRRetriever
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 Backend = Literal["auto", "exact", "faiss"]
 INDEX_FORMAT_VERSION = 1
 AUTO_FAISS_MIN_PASSAGES = 2048
 _STORE_DTYPE = torch.bfloat16
+# The files of a saved index (faiss.index for the faiss backend only), the config first.
+_INDEX_FILES = ("index_config.json", "passages.parquet", "vectors.safetensors", "faiss.index")
 
 
 class SearchHit(TypedDict):
@@ -322,7 +325,7 @@ class _FaissBackend:
             backend.max_rerank = int(params["max_rerank"])
         else:  # saved before candidates were pruned: rerank every candidate, as that version did
             backend.max_rerank = 1 << 62
-        backend.index = cls._faiss().read_index(str(folder / "faiss.index"))
+        backend.index = _read_index_file(folder / "faiss.index", cls._faiss().read_index)
         backend.index.nprobe = backend.nprobe
         return backend
 
@@ -551,11 +554,18 @@ class DocumentIndex:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
-        """Write the index to a folder (json + parquet + safetensors [+ faiss.index])."""
+        """Write the index to a folder (json + parquet + safetensors [+ faiss.index]).
+
+        Files already there are unlinked first, never rewritten in place: a file hard-linked into another
+        folder (checkpoints share an unchanged index that way) keeps its content there. ``index_config.json``
+        is removed first and written last, so an interrupted save never looks like a saved index.
+        """
         from safetensors.torch import save_file
 
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
+        for name in _INDEX_FILES:  # index_config.json first
+            (folder / name).unlink(missing_ok=True)
         pq.write_table(pa.table(self.passages), str(folder / "passages.parquet"))
         save_file(
             {"vectors": self.store.vectors, "doclens": torch.from_numpy(self.store.doclens)},
@@ -576,12 +586,20 @@ class DocumentIndex:
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, retriever: JMLRRetriever, allow_stale: bool = False
+        cls,
+        path: str | os.PathLike,
+        retriever: JMLRRetriever,
+        allow_stale: bool = False,
+        expected_fingerprint: str | None = None,
     ) -> DocumentIndex:
         """Load a saved index for ``retriever``.
 
         Raises :class:`StaleIndexError` when the retriever's weights are not the ones that encoded
         the vectors; with ``allow_stale=True`` it only warns (call :meth:`refresh` to re-encode).
+        ``expected_fingerprint``: the fingerprint the caller knows the vectors were encoded with (a
+        checkpoint's index comes from the last refresh, older than the checkpoint's retriever): such a
+        stale index loads with an info line. A missing, truncated or corrupt file raises
+        :class:`IndexFileError` naming it.
         """
         from safetensors.torch import load_file
 
@@ -589,7 +607,7 @@ class DocumentIndex:
         config_file = folder / "index_config.json"
         if not config_file.is_file():
             raise FileNotFoundError(f"{folder} is not a saved DocumentIndex (no index_config.json)")
-        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config = _read_index_file(config_file, lambda f: json.loads(Path(f).read_text(encoding="utf-8")))
         if config.get("format_version") != INDEX_FORMAT_VERSION:
             raise ValueError(
                 f"{config_file}: unsupported index format version {config.get('format_version')}"
@@ -598,8 +616,8 @@ class DocumentIndex:
             raise ValueError(
                 f"{folder}: index vectors have dim {config['dim']}, the retriever {retriever.config.dim}"
             )
-        passages = pq.read_table(str(folder / "passages.parquet")).to_pydict()
-        tensors = load_file(str(folder / "vectors.safetensors"))
+        passages = _read_index_file(folder / "passages.parquet", lambda f: pq.read_table(f).to_pydict())
+        tensors = _read_index_file(folder / "vectors.safetensors", load_file)
         store = _VectorStore(tensors["vectors"], tensors["doclens"])
         if store.num_passages != len(passages["passage_id"]):
             raise ValueError(
@@ -616,15 +634,46 @@ class DocumentIndex:
             config["chunk_overlap"],
             config.get("batch_size", 32),
         )
-        if index.is_stale:
-            message = (
-                f"{folder}: the retriever's weights differ from the ones that encoded this index "
-                "(fingerprint mismatch)"
-            )
-            if not allow_stale:
-                raise StaleIndexError(message + "; pass allow_stale=True and call index.refresh(retriever)")
-            logger.warning("%s; search uses stale vectors until index.refresh() is called", message)
+        index._check_fingerprint(folder, allow_stale, expected_fingerprint)
         return index
 
+    def _check_fingerprint(self, folder: Path, allow_stale: bool, expected: str | None) -> None:
+        """After :meth:`load`: accept, log, warn about or refuse vectors from other retriever weights."""
+        if not self.is_stale:
+            return
+        if expected is not None and self.fingerprint == expected:
+            logger.info(
+                "%s: vectors encoded by the retriever weights of the last refresh (fingerprint %s), as "
+                "expected; index.refresh() re-encodes them with the current weights",
+                folder,
+                expected[:12],
+            )
+            return
+        message = (
+            f"{folder}: the retriever's weights differ from the ones that encoded this index "
+            "(fingerprint mismatch"
+            + (f": expected {expected[:12]}, the index has {self.fingerprint[:12]})" if expected else ")")
+        )
+        if not allow_stale:
+            raise StaleIndexError(message + "; pass allow_stale=True and call index.refresh(retriever)")
+        logger.warning("%s; search uses stale vectors until index.refresh() is called", message)
 
-__all__ = ["DocumentIndex", "SearchHit", "StaleIndexError"]
+
+class IndexFileError(ValueError):
+    """A file of a saved index is missing, truncated or corrupt."""
+
+
+def _read_index_file(path: Path, reader: Callable[[str], _T]) -> _T:
+    """``reader(path)``, any failure raised as :class:`IndexFileError` naming the file."""
+    if not path.is_file():
+        raise IndexFileError(f"{path}: missing from the saved index (an interrupted save?)")
+    try:
+        return reader(str(path))
+    except Exception as err:  # safetensors, arrow, faiss and json each raise their own types
+        raise IndexFileError(
+            f"{path}: cannot be read, the file is truncated or corrupt ({type(err).__name__}: {err}); "
+            "rebuild the index or use an intact copy"
+        ) from err
+
+
+__all__ = ["DocumentIndex", "IndexFileError", "SearchHit", "StaleIndexError"]

@@ -1,8 +1,9 @@
 """ColBERT late-interaction retriever as a ``transformers.PreTrainedModel``.
 
 A BERT-like encoder gives one vector per token; a linear projection (no bias) maps them to
-``config.dim`` and they are L2-normalised. Queries get the [Q] marker and are padded with the
-mask token to ``query_length`` (query expansion); documents get the [D] marker and lose their
+``config.dim`` and they are L2-normalised. Queries get the [Q] marker, keep up to
+``max_query_tokens`` tokens (the encoder's limit by default) and short ones are padded with the mask
+token to ``query_length`` (query expansion); documents get the [D] marker and lose their
 punctuation vectors. The relevance of a document to a query is MaxSim: for every query token the
 best-matching document token, summed.
 """
@@ -229,7 +230,7 @@ class JMLRRetriever(PreTrainedModel):
         """Token ids with [CLS] marker ... [SEP], truncated to the query/document length."""
         _check_texts(texts, "queries" if is_query else "documents")
         tok = self._require_tokenizer()
-        length = self.config.query_length if is_query else self.config.document_length
+        length = self.config.max_query_tokens if is_query else self.config.document_length
         marker = tok.convert_tokens_to_ids(
             self.config.query_marker if is_query else self.config.document_marker
         )
@@ -243,25 +244,25 @@ class JMLRRetriever(PreTrainedModel):
         tok = self._require_tokenizer()
         cfg = self.config
         expand = is_query and cfg.query_expansion
-        width = cfg.query_length if expand else max(len(ids) for ids in token_ids)
-        pad_id = tok.mask_token_id if expand else tok.pad_token_id
-        if pad_id is None:
+        if tok.pad_token_id is None or (expand and tok.mask_token_id is None):
             raise ValueError(
                 "The retriever's tokenizer needs a pad token (and a mask token for query expansion)"
             )
-        input_ids = torch.full((len(token_ids), width), pad_id, dtype=torch.long)
+        # Each row is expanded on its own (to at least query_length), so that a query's vectors never
+        # depend on the other queries of its batch; the batch is then padded with real padding.
+        lengths = [max(len(ids), cfg.query_length) if expand else len(ids) for ids in token_ids]
+        width = max(lengths)
+        input_ids = torch.full((len(token_ids), width), tok.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(token_ids), width), dtype=torch.long)
-        for row, ids in enumerate(token_ids):
+        output_mask = torch.zeros((len(token_ids), width), dtype=torch.bool)
+        for row, (ids, length) in enumerate(zip(token_ids, lengths)):
             input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, : len(ids)] = 1
-        if is_query:
-            output_mask = (
-                torch.ones_like(attention_mask, dtype=torch.bool) if expand else attention_mask.bool()
-            )
-            if expand and cfg.attend_to_expansion_tokens:
-                attention_mask = torch.ones_like(attention_mask)
-        else:
-            output_mask = attention_mask.bool() & ~torch.isin(input_ids, self._skiplist())
+            input_ids[row, len(ids) : length] = tok.mask_token_id if expand else tok.pad_token_id
+            attended = length if expand and cfg.attend_to_expansion_tokens else len(ids)
+            attention_mask[row, :attended] = 1
+            output_mask[row, :length] = True
+        if not is_query:
+            output_mask &= ~torch.isin(input_ids, self._skiplist())
         return {"input_ids": input_ids, "attention_mask": attention_mask, "output_mask": output_mask}
 
     def tokenize(self, texts: Sequence[str], is_query: bool) -> dict[str, torch.Tensor]:
@@ -355,7 +356,11 @@ class JMLRRetriever(PreTrainedModel):
         show_progress_bar: bool | None = None,
         precision: Precision = "auto",
     ) -> EncodedBatch:
-        """Encode queries (no autograd): ``EncodedBatch`` of ``[n, query_length, dim]`` + mask, on CPU.
+        """Encode queries (no autograd): ``EncodedBatch`` of ``[n, length, dim]`` + mask, on CPU.
+
+        A query keeps all its tokens up to ``config.max_query_tokens`` (512 for BERT encoders unless
+        the config says otherwise); a shorter one than ``config.query_length`` is expanded with [MASK]
+        tokens to that length. ``length`` is the longest query's; the mask marks each query's vectors.
 
         ``precision="auto"`` runs the encoder under bf16 autocast where the hardware has fast bf16
         (AVX-512 BF16/AMX CPUs, Ampere+ GPUs); vectors are returned in float32.
@@ -509,6 +514,7 @@ def _load_stanford(cls: type[JMLRRetriever], path: str | os.PathLike, hub_kwargs
         encoder_config=AutoConfig.from_pretrained(folder),
         dim=int(state["linear.weight"].shape[0]),
         query_length=int(meta.get("query_maxlen", 32)),
+        query_max_length=int(meta.get("query_maxlen", 32)),  # ColBERT's own: exact unless raised
         document_length=int(meta.get("doc_maxlen", 180)),
         query_marker=meta.get("query_token_id", "[unused0]"),
         document_marker=meta.get("doc_token_id", "[unused1]"),
@@ -546,6 +552,7 @@ def _load_pylate(cls: type[JMLRRetriever], path: str | os.PathLike, hub_kwargs: 
         encoder_config=AutoConfig.from_pretrained(transformer_dir),
         dim=int(dense_cfg["out_features"]),
         query_length=int(st_cfg.get("query_length", 32)),
+        query_max_length=int(st_cfg.get("query_length", 32)),  # PyLate's own: exact unless raised
         document_length=int(st_cfg.get("document_length", 180)),
         query_marker=st_cfg.get("query_prefix", "[Q] "),
         document_marker=st_cfg.get("document_prefix", "[D] "),

@@ -11,6 +11,8 @@ DEFAULT_PROMPT_TEMPLATE = (
     "{context}\n\nQuestion: {question}\n"
     "Answer with the letter of the correct option, then explain."
 )
+#: Budget (LLM tokens) of the joined passages: the paper's 7 passages of 180 retriever tokens fit.
+DEFAULT_MAX_CONTEXT_TOKENS = 2048
 CLOSED_BOOK_TEMPLATE = "Answer the medical question.\n\nQuestion: {question}\nAnswer with the letter of the correct option, then explain."
 
 
@@ -26,18 +28,30 @@ class JMLRTrainingArguments(TrainingArguments):
             order, the paper's) or ``"pdist"`` (Atlas-style KL to the utility distribution).
         rank_loss_weight (`float`, defaults to 1.0): ``loss = lm_loss + rank_loss_weight * rank_loss``.
         rank_temperature (`float`, defaults to 0.1): temperature of the normalised retriever scores
-            (mean cosine per query token) in the rank loss and in candidate sampling.
-        utility_temperature (`float`, defaults to 1.0): temperature of ``-NLL`` in the ``pdist`` target.
+            (mean cosine per query token) in the ``llm_rank`` loss and in candidate sampling.
+        utility_temperature (`float`, defaults to 0.01): temperature of ``-NLL`` in the ``pdist`` target
+            (Atlas's ``temperature_gold``). Utility gaps between passages are 0.01-0.1 nats: at 1.0 the
+            target would be nearly uniform.
+        pdist_score_temperature (`float`, defaults to 0.01): temperature of the normalised retriever scores
+            in the ``pdist`` student distribution (Atlas's ``temperature_score``).
         candidate_sampling (`str`, defaults to ``"sample"``): pick the scored documents by sampling
             ``softmax(s / rank_temperature)`` without replacement, or the ``"top"`` ones.
-        retriever_learning_rate (`float`, *optional*): learning rate of the retriever (default: ``learning_rate``).
-        index_refresh_steps (`int`, defaults to 0): re-encode the index every N optimizer steps (0 = never).
+        retriever_learning_rate (`float`, defaults to 1e-5): learning rate of the retriever, separate from
+            ``learning_rate`` (which, with LoRA, is typically 2e-4: far too high to fine-tune BERT fully).
+            The paper's configs use 1e-5; its official code 3e-6.
+        retriever_query_max_length (`int`, *optional*, defaults to 512): the longest question the retriever
+            sees, in its tokens (capped by the encoder's limit); it becomes the retriever's
+            ``config.query_max_length`` and is saved with it. The paper's code encodes questions with
+            ``query_maxlen=512``; MedQA vignettes are 150-400 word-pieces. ``None`` keeps the retriever's own.
+        index_refresh_steps (`int`, defaults to 500): re-encode the index every N optimizer steps (0 = never,
+            the stale-index pitfall of the reference code: candidates then come from the initial retriever).
         freeze_document_encoder (`bool`, defaults to `False`): train the query side only; document
             vectors come from the index (no refresh needed).
         utility_precision (`str`, defaults to ``"auto"``): precision of the no-grad utility forward;
             ``"auto"`` uses bf16 autocast where the hardware has fast bf16 (it only ranks documents).
-        max_context_tokens (`int`, defaults to 1024): budget of the joined passages in the prompt; the
-            context is truncated as a whole, the question and answer never are.
+        max_context_tokens (`int`, defaults to 2048): budget (LLM tokens) of the joined passages in the
+            prompt: 7 passages of 180 retriever tokens with their titles take about 1,700 Llama / SmolLM2
+            tokens. The context is truncated as a whole, the question and answer never are.
         prompt_template (`str`, *optional*): user message with ``{context}`` and ``{question}``.
     """
 
@@ -58,16 +72,25 @@ class JMLRTrainingArguments(TrainingArguments):
         default=0.1, metadata={"help": "Temperature of normalised retriever scores (rank loss, sampling)."}
     )
     utility_temperature: float = field(
-        default=1.0, metadata={"help": "Temperature of -NLL in the pdist target."}
+        default=0.01, metadata={"help": "Temperature of -NLL in the pdist target (Atlas: 0.01)."}
+    )
+    pdist_score_temperature: float = field(
+        default=0.01, metadata={"help": "Temperature of the retriever scores in pdist (Atlas: 0.01)."}
     )
     candidate_sampling: str = field(
         default="sample", metadata={"help": "'sample' or 'top' scored documents."}
     )
-    retriever_learning_rate: float | None = field(
-        default=None, metadata={"help": "Learning rate of the retriever (default: learning_rate)."}
+    retriever_learning_rate: float = field(
+        default=1e-5, metadata={"help": "Learning rate of the retriever (the paper's configs: 1e-5)."}
+    )
+    retriever_query_max_length: int | None = field(
+        default=512,
+        metadata={
+            "help": "Longest question the retriever encodes, in its tokens (None: the retriever's own)."
+        },
     )
     index_refresh_steps: int = field(
-        default=0, metadata={"help": "Re-encode the index every N steps (0 = never)."}
+        default=500, metadata={"help": "Re-encode the index every N optimizer steps (0 = never)."}
     )
     freeze_document_encoder: bool = field(
         default=False, metadata={"help": "Train the query encoder only; documents keep their index vectors."}
@@ -78,7 +101,10 @@ class JMLRTrainingArguments(TrainingArguments):
             "help": "'auto' (bf16 autocast where bf16 is fast), 'bf16' or 'fp32' for the utility forward."
         },
     )
-    max_context_tokens: int = field(default=1024, metadata={"help": "Token budget of the joined passages."})
+    max_context_tokens: int = field(
+        default=DEFAULT_MAX_CONTEXT_TOKENS,
+        metadata={"help": "LLM-token budget of the joined passages (7 x 180-token passages fit)."},
+    )
     prompt_template: str | None = field(
         default=None, metadata={"help": "User message template with {context} and {question}."}
     )
@@ -108,14 +134,20 @@ class JMLRTrainingArguments(TrainingArguments):
             problems.append(
                 f"utility_precision must be 'auto', 'bf16' or 'fp32', got {self.utility_precision!r}"
             )
-        if self.rank_temperature <= 0 or self.utility_temperature <= 0:
-            problems.append("rank_temperature and utility_temperature must be positive")
+        if min(self.rank_temperature, self.utility_temperature, self.pdist_score_temperature) <= 0:
+            problems.append(
+                "rank_temperature, utility_temperature and pdist_score_temperature must be positive"
+            )
         if self.rank_loss_weight < 0:
             problems.append(f"rank_loss_weight must be >= 0, got {self.rank_loss_weight}")
         if self.index_refresh_steps < 0:
             problems.append(f"index_refresh_steps must be >= 0, got {self.index_refresh_steps}")
-        if self.retriever_learning_rate is not None and self.retriever_learning_rate < 0:
-            problems.append("retriever_learning_rate must be >= 0")
+        if self.retriever_learning_rate is None or self.retriever_learning_rate < 0:
+            problems.append(f"retriever_learning_rate must be >= 0, got {self.retriever_learning_rate}")
+        if self.retriever_query_max_length is not None and self.retriever_query_max_length < 3:
+            problems.append(
+                f"retriever_query_max_length must be at least 3, got {self.retriever_query_max_length}"
+            )
         if self.prompt_template is not None and (
             "{question}" not in self.prompt_template or "{context}" not in self.prompt_template
         ):

@@ -8,14 +8,15 @@ relevant passages are cut first); the question and the answer are never truncate
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..data.qa import format_question, format_target
-from .arguments import CLOSED_BOOK_TEMPLATE, DEFAULT_PROMPT_TEMPLATE
+from .arguments import CLOSED_BOOK_TEMPLATE, DEFAULT_MAX_CONTEXT_TOKENS, DEFAULT_PROMPT_TEMPLATE
 
 IGNORE_INDEX = -100
 
@@ -42,7 +43,7 @@ class PromptBuilder:
 
     tokenizer: Any
     prompt_template: str | None = None
-    max_context_tokens: int = 1024
+    max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS
 
     def __post_init__(self) -> None:
         self.prompt_template = self.prompt_template or DEFAULT_PROMPT_TEMPLATE
@@ -179,6 +180,11 @@ def passage_utility_nll(
 
     ``passages[i]`` holds the same number ``n`` of passages for every row; all ``rows x n`` prompts go
     through one left-padded no-grad forward (:func:`answer_nll`). Returns ``[len(rows), n]``.
+
+    The LLM scores in eval mode (as Atlas's reader does), and its training mode is restored afterwards:
+    in training mode LoRA / attention dropout would make a passage's utility random, and S2-Attn's
+    groups (aligned to position 0 of the left-padded batch) would make it depend on how long the
+    *other* passages of the batch are.
     """
     n = len(passages[0])
     texts = [
@@ -188,7 +194,20 @@ def passage_utility_nll(
     ]
     targets = [format_target(row) for row in rows for _ in range(n)]
     batch = {key: value.to(device) for key, value in prompts.batch(texts, targets, "left").items()}
-    return answer_nll(model, batch).view(len(rows), n)
+    with eval_mode(model):
+        return answer_nll(model, batch).view(len(rows), n)
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run ``model`` in eval mode inside the block, restoring each submodule's own mode afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def targets_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:

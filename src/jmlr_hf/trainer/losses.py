@@ -32,9 +32,12 @@ def llm_rank_loss(scores: torch.Tensor, nll: torch.Tensor, temperature: float = 
 
 
 def pdist_loss(
-    scores: torch.Tensor, nll: torch.Tensor, temperature: float = 0.1, utility_temperature: float = 1.0
+    scores: torch.Tensor, nll: torch.Tensor, temperature: float = 0.01, utility_temperature: float = 0.01
 ) -> torch.Tensor:
-    """Atlas-style perplexity distillation: ``KL(softmax(-l / T_g) || softmax(s / T_s))``, batch mean."""
+    """Atlas-style perplexity distillation: ``KL(softmax(-l / T_g) || softmax(s / T_s))``, batch mean.
+
+    The defaults are Atlas's (``temperature_gold = temperature_score = 0.01``).
+    """
     target = F.softmax(-nll / utility_temperature, dim=-1)
     log_student = F.log_softmax(scores / temperature, dim=-1)
     return F.kl_div(log_student, target, reduction="batchmean")

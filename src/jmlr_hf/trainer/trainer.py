@@ -19,34 +19,48 @@ the index itself at each refresh (identical weights give identical vectors, so n
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
+import shutil
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import safetensors.torch
 import torch
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel, Trainer, TrainerCallback, get_scheduler
+from transformers.trainer_utils import (
+    TrainOutput,
+    get_last_checkpoint,
+    load_sharded_checkpoint,
+    rotate_checkpoints,
+)
 
 from ..data.corpus import passage_text_for_encoding
 from ..data.qa import format_target, validate_qa_dataset
 from ..retriever import DocumentIndex, EncodedBatch, JMLRRetriever, maxsim_paired
 from ..retriever.modeling_jmlr_retriever import bf16_supported
 from .arguments import JMLRTrainingArguments
+from .checkpoints import (
+    INDEX_DIR,
+    RETRIEVER_DIR,
+    RETRIEVER_OPTIMIZER_FILE,
+    RETRIEVER_SCHEDULER_FILE,
+    STATE_FILE,
+    link_or_copy_files,
+    missing_index_files,
+    read_state,
+    require_complete,
+    untied_missing_keys,
+    write_json_atomic,
+)
 from .collator import PromptBuilder, QACollator, lm_loss, passage_utility_nll
 from .distributed import any_process, average_gradients_, broadcast_module_, world_size
 from .losses import kendall_tau, llm_rank_loss, pdist_loss
 
 logger = logging.getLogger(__name__)
-
-RETRIEVER_DIR = "retriever"
-INDEX_DIR = "index"
-STATE_FILE = "jmlr_state.json"
-RETRIEVER_OPTIMIZER_FILE = "retriever_optimizer.pt"
-RETRIEVER_SCHEDULER_FILE = "retriever_scheduler.pt"
 
 
 class _RetrieverOptimizerCallback(TrainerCallback):
@@ -58,6 +72,7 @@ class _RetrieverOptimizerCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._ensure_restored()
         if self.trainer.separate_retriever_optimizer:
             self.trainer._create_retriever_optimizer(state.max_steps)
 
@@ -73,6 +88,20 @@ class _RetrieverOptimizerCallback(TrainerCallback):
             trainer.retriever_optimizer.step()
             trainer.retriever_lr_scheduler.step()
         trainer.retriever.zero_grad(set_to_none=True)
+
+
+def _set_query_max_length(retriever: JMLRRetriever, length: int | None) -> None:
+    """Let the retriever see questions up to ``length`` tokens (``retriever_query_max_length``; saved
+    with its config). ``None`` keeps the retriever's own setting."""
+    if length is None or retriever.config.query_max_length == length:
+        return
+    before = retriever.config.query_max_length
+    retriever.config.query_max_length = length
+    logger.info(
+        "The retriever encodes questions up to %d tokens (retriever_query_max_length; it had %s)",
+        retriever.config.max_query_tokens,
+        before or "the encoder's limit",
+    )
 
 
 @dataclass
@@ -163,6 +192,7 @@ class JMLRTrainer(Trainer):
             index.retriever = frozen
         elif index.retriever is not retriever:
             index.retriever = retriever
+        _set_query_max_length(retriever, args.retriever_query_max_length)
         self.retriever = retriever
         self.index = index
         # Model
@@ -255,7 +285,6 @@ class JMLRTrainer(Trainer):
     def _retriever_param_groups(self) -> list[dict[str, Any]]:
         """The retriever's parameter groups (with and without weight decay), named ``"retriever"``."""
         lr = self.args.retriever_learning_rate
-        lr = self.args.learning_rate if lr is None else lr
         decay = set(self.get_decay_parameter_names(self.retriever))
         named = [(n, p) for n, p in self.retriever.named_parameters() if p.requires_grad]
         groups = []
@@ -386,7 +415,9 @@ class JMLRTrainer(Trainer):
             if args.rank_loss == "llm_rank":
                 rank_loss = llm_rank_loss(scored_scores, nll, args.rank_temperature)
             else:
-                rank_loss = pdist_loss(scored_scores, nll, args.rank_temperature, args.utility_temperature)
+                rank_loss = pdist_loss(
+                    scored_scores, nll, args.pdist_score_temperature, args.utility_temperature
+                )
         # 6. LM loss with the top passages, best nearest the question
         context = candidates.gather(1, fresh.topk(args.num_context_docs, dim=-1).indices)
         prompts = [
@@ -478,8 +509,8 @@ class JMLRTrainer(Trainer):
     def _save_retriever(self, output_dir: str) -> None:
         if self.args.should_save:
             self.retriever.save_pretrained(os.path.join(output_dir, RETRIEVER_DIR))
-            if self.args.freeze_document_encoder:
-                self.index.save(os.path.join(output_dir, INDEX_DIR))
+            if self.args.freeze_document_encoder and not getattr(self, "_saving_checkpoint", False):
+                self.index.save(os.path.join(output_dir, INDEX_DIR))  # checkpoints: _save_checkpoint_index
         self._retriever_saved_to = output_dir
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -502,36 +533,134 @@ class JMLRTrainer(Trainer):
             )
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """JMLR's own parts first: transformers calls this under every launcher (single process, DDP, FSDP,
+        DeepSpeed) right after loading the LLM and before the first step, whereas ``_load_from_checkpoint``
+        is skipped under DeepSpeed (``deepspeed_load_checkpoint`` loads the LLM instead)."""
+        if checkpoint is not None:
+            self._restore_jmlr_checkpoint(checkpoint)
         super()._load_optimizer_and_scheduler(checkpoint)
         # The retriever's own optimizer is created at train begin, after this: it loads its state then.
         self._retriever_optimizer_checkpoint = checkpoint
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)
+        """``Trainer``'s checkpoint, then ``index/`` and, last, ``jmlr_state.json`` (what marks the folder
+        complete). ``save_total_limit`` rotates older checkpoints out only once this one is complete."""
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
+        if self.args.should_save and os.path.isfile(os.path.join(folder, STATE_FILE)):
+            os.remove(os.path.join(folder, STATE_FILE))  # rewritten: incomplete until the end
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        self._saving_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit, self._saving_checkpoint = limit, False
         if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            self.index.save(os.path.join(folder, INDEX_DIR))
-            with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as f:
-                json.dump(
-                    {"last_refresh_step": self._last_refresh_step, "skipped_batches": self.skipped_batches}, f
-                )
+            self._save_checkpoint_index(os.path.join(folder, INDEX_DIR))
+            write_json_atomic(os.path.join(folder, STATE_FILE), self._jmlr_state())
+            best = self.state.best_model_checkpoint
+            rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=best, use_mtime=True)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        retriever_dir = os.path.join(resume_from_checkpoint, RETRIEVER_DIR)
-        if os.path.isdir(retriever_dir):
-            loaded = type(self.retriever).from_pretrained(retriever_dir)
-            self.retriever.load_state_dict(loaded.state_dict())
-        index_dir = os.path.join(resume_from_checkpoint, INDEX_DIR)
-        if os.path.isdir(index_dir):
-            # The vectors come from the last refresh, so they are stale by design.
-            self.index = DocumentIndex.load(index_dir, self.index.retriever, allow_stale=True)
-        state_file = os.path.join(resume_from_checkpoint, STATE_FILE)
-        if os.path.isfile(state_file):
-            with open(state_file, encoding="utf-8") as f:
-                state = json.load(f)
-            self._last_refresh_step = int(state.get("last_refresh_step", -1))
-            self.skipped_batches = int(state.get("skipped_batches", 0))
+    def _jmlr_state(self) -> dict[str, Any]:
+        """``jmlr_state.json``: the counters a resume restores and the fingerprint of the retriever weights
+        that encoded ``index/`` (those of the last refresh, older than the checkpoint's retriever)."""
+        return {
+            "global_step": self.state.global_step,
+            "last_refresh_step": self._last_refresh_step,
+            "skipped_batches": self.skipped_batches,
+            "index_fingerprint": self.index.fingerprint,
+        }
+
+    def _index_version(self) -> tuple[Any, ...]:
+        """What identifies the index's content: it changes at a refresh (new store and fingerprint), at
+        ``add`` (more passages and vectors), or when ``trainer.index`` is replaced."""
+        index = self.index
+        size = (index.num_passages, int(index.store.vectors.shape[0]))
+        return (id(index), id(index.store), index.fingerprint, size, self._last_refresh_step)
+
+    def _save_checkpoint_index(self, target: str) -> None:
+        """A checkpoint's ``index/``: hard links to the last saved copy when the index has not changed since
+        (one copy on disk however many checkpoints share it), else a full save; built beside ``target`` and
+        renamed into place."""
+        source, version = getattr(self, "_saved_index", (None, None))
+        if source is not None and os.path.abspath(source) == os.path.abspath(target):
+            return
+        tmp = f"{target}.tmp"
+        for path in (target, tmp):
+            shutil.rmtree(path, ignore_errors=True)
+        if source is not None and version == self._index_version() and not missing_index_files(source):
+            how = "hard links" if link_or_copy_files(source, tmp) else "copied"
+            logger.info("%s: the index is unchanged since %s (%s)", target, source, how)
+        else:
+            self.index.save(tmp)
+        os.rename(tmp, target)
+        self._saved_index = (target, self._index_version())
+
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+    ) -> TrainOutput:
+        """``Trainer.train``. The checkpoint to resume from (a folder, or ``True`` for the newest
+        ``checkpoint-N`` of ``output_dir``) must be complete: ``ValueError`` naming what it lacks otherwise.
+        Its retriever, ``index/`` and ``jmlr_state.json`` are restored under every launcher."""
+        if resume_from_checkpoint is True and os.path.isdir(self.args.output_dir):
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True
+        if isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            resume_from_checkpoint = str(resume_from_checkpoint)
+            require_complete(resume_from_checkpoint)
+        self._resume_from = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
+        self._restored_from: str | None = None
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval)
+
+    def _ensure_restored(self) -> None:
+        """At train begin, in case no launcher path called ``_load_optimizer_and_scheduler``: restore JMLR's
+        parts of the checkpoint being resumed (a no-op once done)."""
+        if getattr(self, "_resume_from", None) is not None:
+            self._restore_jmlr_checkpoint(self._resume_from)
+
+    def _restore_jmlr_checkpoint(self, checkpoint: str) -> None:
+        """The retriever's weights (copied in place: optimizers keep their parameters), the index and the
+        trainer's counters from a complete checkpoint; once per ``train()``."""
+        if getattr(self, "_restored_from", None) == checkpoint:
+            return
+        require_complete(checkpoint)
+        self._load_retriever_weights(os.path.join(checkpoint, RETRIEVER_DIR))
+        state = read_state(checkpoint)
+        index_dir = os.path.join(checkpoint, INDEX_DIR)
+        expected = state.get("index_fingerprint")
+        self.index = DocumentIndex.load(
+            index_dir, self.index.retriever, allow_stale=True, expected_fingerprint=expected
+        )
+        self._last_refresh_step = int(state.get("last_refresh_step", -1))
+        self.skipped_batches = int(state.get("skipped_batches", 0))
+        self._saved_index = (index_dir, self._index_version())
+        self._restored_from = checkpoint
+        logger.info("Restored the retriever, index/ and jmlr_state.json from %s", checkpoint)
+
+    def _load_retriever_weights(self, folder: str) -> None:
+        """Copy the weights saved in ``folder`` into ``self.retriever`` (no second model is built)."""
+        single = os.path.join(folder, "model.safetensors")
+        if os.path.isfile(single):
+            result = self.retriever.load_state_dict(safetensors.torch.load_file(single), strict=False)
+        else:
+            result = load_sharded_checkpoint(self.retriever, folder, strict=False)
+        missing = untied_missing_keys(self.retriever, result.missing_keys)
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"{folder}: the saved weights do not fit this retriever (missing {missing}, "
+                f"unexpected {list(result.unexpected_keys)})"
+            )
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """``Trainer``'s warning about missing / unexpected keys of the loaded LLM, without the weights tied
+        to a loaded one (an LM head tied to the embeddings is saved once: its absence is expected)."""
+        missing = untied_missing_keys(self.model, load_result.missing_keys)
+        tied = sorted(set(load_result.missing_keys) - set(missing))
+        if tied:
+            logger.info("Tied to loaded weights, so saved once (as expected): %s", tied)
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
     # ------------------------------------------------------------------ Hub
     def create_model_card(self, **kwargs: Any) -> None:
