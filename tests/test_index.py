@@ -6,6 +6,7 @@ import copy
 import itertools
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,6 +68,20 @@ def test_faiss_backend_agrees_with_exact_on_small_corpus(tiny_retriever):
     f = [{h["passage_id"] for h in hits} for hits in fast.search(queries, k=10)]
     recall = sum(len(a & b) for a, b in zip(e, f)) / sum(len(a) for a in e)
     assert recall >= 0.95
+
+
+def test_faiss_results_do_not_depend_on_the_batch_and_long_queries_share_the_hit_budget(tiny_retriever):
+    corpus = synthetic_corpus(300, seed=1)
+    fast = DocumentIndex.build(corpus, tiny_retriever, backend="faiss", nlist=16, nprobe=16)
+    long_query = " ".join(["an older patient with insulin weekly dosing and statin pain"] * 8)
+    alone = fast.search(["anemia"], k=10)[0]
+    batched = fast.search(["anemia", long_query], k=10)[0]
+    assert [h["passage_id"] for h in batched] == [h["passage_id"] for h in alone]
+    assert [h["score"] for h in batched] == pytest.approx([h["score"] for h in alone], abs=1e-5)
+    backend = fast.backend
+    assert backend.hits_per_token(32) == backend.tokens_per_query_token == 512
+    assert backend.hits_per_token(64) == 256  # the hits of a 32-token query, shared
+    assert backend.hits_per_token(400) == backend.min_tokens_per_query_token == 128
 
 
 def test_chunking_by_tokens_with_overlap(bert_tokenizer):
@@ -203,3 +218,22 @@ def test_faiss_recall_on_ngc_passages(ngc_path, encoder_path):
         30 * len(queries)
     )
     assert recall >= 0.99, recall
+
+
+def test_approximate_maxsim_matches_the_dense_reference():
+    """The O(hits) candidate score equals the [query tokens x candidates] matrix it replaces."""
+    from jmlr_hf.retriever.index import _approximate_maxsim
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        lq, tpq, width = (int(x) for x in (rng.integers(1, 40), rng.integers(1, 50), rng.integers(1, 300)))
+        sims = -np.sort(-rng.normal(size=(lq, tpq)).astype(np.float32), axis=1)  # best first, like faiss
+        cols = rng.integers(0, width, size=(lq, tpq))
+        hit = np.cumprod(rng.random((lq, tpq)) < 0.9, axis=1).astype(bool)  # misses (-1) end a row
+        rows = np.nonzero(hit)[0]
+        fill = rng.normal(size=lq).astype(np.float32)
+        dense = np.empty((lq, width), np.float32)
+        dense[:] = fill[:, None]
+        np.maximum.at(dense, (rows, cols[hit]), sims[hit])
+        got = _approximate_maxsim(rows, cols[hit], sims[hit], fill, width)
+        np.testing.assert_allclose(got, dense.sum(0), atol=1e-4)

@@ -332,6 +332,7 @@ def card_fields(
         "tags": list(dict.fromkeys([*tags, "late-interaction", "sentence-similarity"])),
         "dim": retriever.config.dim,
         "query_length": retriever.config.query_length,
+        "query_max_length": retriever.config.max_query_tokens,
         "document_length": retriever.config.document_length,
         "similarity": retriever.config.similarity,
         "encoder_type": encoder.model_type,

@@ -87,6 +87,22 @@ def _segment_maxsim(
     return (torch.from_numpy(best).reshape(nq, lq, -1) * qmask[:, :, None].float()).sum(1)
 
 
+def _approximate_maxsim(
+    rows: np.ndarray, columns: np.ndarray, sims: np.ndarray, fill: np.ndarray, width: int
+) -> np.ndarray:
+    """``sum_r max(fill[r], best hit of (r, c))`` for every column ``c < width``, in O(hits).
+
+    ``rows`` / ``columns`` / ``sims`` list the hits (query token, candidate, similarity), each row's hits
+    best first (faiss returns them sorted), so the first hit of a (row, column) pair is its best. The
+    sum is ``fill``'s total plus, per pair, how much its best hit exceeds the row's fill: no
+    ``[query tokens, candidates]`` matrix, whose size grows with the query length.
+    """
+    key = rows.astype(np.int64) * width + columns
+    _, first = np.unique(key, return_index=True)  # first occurrence = best hit of the pair
+    gain = np.maximum(sims[first] - fill[rows[first]], 0.0)
+    return float(fill.sum()) + np.bincount(columns[first], weights=gain, minlength=width)
+
+
 class _ExactBackend:
     """Chunked brute-force MaxSim over every passage."""
 
@@ -126,7 +142,17 @@ class _FaissBackend:
     with MedQA questions on a 2-core CPU (docs/benchmarks.md): recall@30 about 0.995 against
     the exact backend. Short queries (mostly [MASK] expansion tokens) make the approximate score
     less reliable; raise ``max_rerank`` for them.
+
+    A query longer than 32 tokens (a whole MedQA vignette is about 170) shares the token hits of a
+    32-token query, ``32 * tokens_per_query_token``, among its tokens, but each token still fetches
+    at least ``min_tokens_per_query_token``: its many tokens find the same passages with fewer hits
+    each, and the search cost grows far less than its length (docs/benchmarks.md, "Full-length
+    questions"). Each query is searched alone, without its padding, so its results never depend on
+    the other queries of the batch.
     """
+
+    #: Queries up to this many tokens get ``tokens_per_query_token`` hits per token.
+    HIT_BUDGET_TOKENS = 32
 
     name = "faiss"
     # Candidate passages reranked exactly per query (pruned by an approximate score beyond that).
@@ -138,8 +164,10 @@ class _FaissBackend:
         tokens_per_query_token: int = 512,
         use_gpu: bool | None = None,
         max_rerank: int = 512,
+        min_tokens_per_query_token: int = 128,
     ) -> None:
         self.max_rerank = max_rerank
+        self.min_tokens_per_query_token = min_tokens_per_query_token
         self.nlist = nlist
         self.nprobe = nprobe
         self.tokens_per_query_token = tokens_per_query_token
@@ -212,17 +240,20 @@ class _FaissBackend:
         self.index.nprobe = self.nprobe
         self._gpu_index = None  # a GPU copy made before no longer holds every vector
 
-    def search(self, store: _VectorStore, q: torch.Tensor, qmask: torch.Tensor, k: int):
-        nq, lq, dim = q.shape
+    def hits_per_token(self, n_tokens: int) -> int:
+        """Nearest document tokens fetched for each of a query's ``n_tokens`` vectors."""
         tpq = self.tokens_per_query_token
-        sims, token_ids = self._search_index().search(
-            np.ascontiguousarray(q.reshape(nq * lq, dim).float().numpy()), tpq
-        )
-        sims, token_ids = sims.reshape(nq, lq, tpq), token_ids.reshape(nq, lq, tpq)
-        valid_rows = qmask.bool().numpy()
+        if n_tokens <= self.HIT_BUDGET_TOKENS:
+            return tpq
+        return max(min(self.min_tokens_per_query_token, tpq), tpq * self.HIT_BUDGET_TOKENS // n_tokens)
+
+    def search(self, store: _VectorStore, q: torch.Tensor, qmask: torch.Tensor, k: int):
         all_scores, all_ids = [], []
-        for i in range(nq):
-            cands = self._candidates(store, sims[i], token_ids[i], valid_rows[i], k)
+        for i in range(q.shape[0]):
+            rows = q[i][qmask[i].bool()] if qmask[i].any() else q[i][:1]
+            tpq = self.hits_per_token(len(rows))
+            sims, token_ids = self._search_index().search(np.ascontiguousarray(rows.float().numpy()), tpq)
+            cands = self._candidates(store, sims, token_ids, np.ones(len(rows), dtype=bool), k)
             scores = self._rerank(store, q[i : i + 1], qmask[i : i + 1], cands)
             top = scores.topk(k)
             all_scores.append(top.values)
@@ -257,10 +288,7 @@ class _FaissBackend:
             n_hits = hit.sum(1)
             last = sims[np.arange(len(sims)), np.maximum(n_hits - 1, 0)]
             fill = np.where(n_hits > 0, 0.5 * last, 0.0).astype(np.float32)
-            approx = np.empty((len(fill), width), dtype=np.float32)
-            approx[:] = fill[:, None]
-            np.maximum.at(approx, (rows, inverse), sims[hit])
-            score = approx.sum(0)
+            score = _approximate_maxsim(rows, inverse, sims[hit], fill, width)
             if width == n_passages:
                 score = score[cands]
             cands = np.sort(cands[np.argpartition(-score, limit - 1)[:limit]])
@@ -312,6 +340,7 @@ class _FaissBackend:
             "nprobe": self.nprobe,
             "tokens_per_query_token": self.tokens_per_query_token,
             "max_rerank": self.max_rerank,
+            "min_tokens_per_query_token": self.min_tokens_per_query_token,
         }
 
     @classmethod
@@ -321,6 +350,7 @@ class _FaissBackend:
             nprobe=int(params.get("nprobe", 8)),
             tokens_per_query_token=int(params.get("tokens_per_query_token", 64)),
         )
+        backend.min_tokens_per_query_token = int(params.get("min_tokens_per_query_token", 128))
         if "max_rerank" in params:
             backend.max_rerank = int(params["max_rerank"])
         else:  # saved before candidates were pruned: rerank every candidate, as that version did
@@ -426,7 +456,8 @@ class DocumentIndex:
             batch_size: encoding batch size.
             show_progress_bar: tqdm while encoding (default: for long corpora).
             **backend_kwargs: faiss options ``nlist``, ``nprobe``, ``tokens_per_query_token``, ``use_gpu``,
-                ``max_rerank`` (candidates kept for the exact rerank; raise it for very short queries).
+                ``max_rerank`` (candidates kept for the exact rerank; raise it for very short queries),
+                ``min_tokens_per_query_token`` (hits per token of a long query, see ``_FaissBackend``).
         """
         docs = load_corpus(corpus)
         passages = chunk_corpus(docs, retriever._require_tokenizer(), chunk_tokens, chunk_overlap)
