@@ -27,8 +27,7 @@ import torch
 from jmlr_hf import DocumentIndex, JMLRTrainer, JMLRTrainingArguments
 from jmlr_hf.data import format_target, make_demo_task, validate_qa_row
 from jmlr_hf.models import load_default_llm, load_default_retriever
-from jmlr_hf.trainer import answer_nll
-from jmlr_hf.trainer.collator import lm_loss
+from jmlr_hf.scoring import answer_nll, lm_loss
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -77,10 +76,10 @@ def main() -> None:
 
     # the same 7-passage prompt for SFT as the joint step builds
     out = trainer.joint_step(llm, [row])
-    passages = [trainer._passage(int(i)) for i in out.context_ids[0]]
+    passages = [trainer.index.passage(int(i)) for i in out.context_ids[0]]
     sft_batch = trainer.prompts.batch([trainer.prompts.prompt(row, passages)], [format_target(row)])
     prompt_tokens = int(sft_batch["attention_mask"].sum())
-    scored = [trainer._passage(int(i)) for i in out.scored_ids[0]]
+    scored = [trainer.index.passage(int(i)) for i in out.scored_ids[0]]
     util_batch = trainer.prompts.batch(
         [trainer.prompts.prompt(row, [p]) for p in scored], [format_target(row)] * len(scored), "left"
     )

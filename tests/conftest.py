@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random models (fast), the embedded defaults and the shared real data (skipped when absent)."""
+"""Shared fixtures: tiny random models (fast; built by testing_utils), the embedded defaults and the shared real
+data (skipped when absent)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# The builders live in testing_utils; tests written against conftest's names keep importing them from here.
+from testing_utils import make_tiny_retriever, save_tiny_models, tiny_llama_config  # noqa: F401
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -43,44 +46,6 @@ def bert_tokenizer(encoder_path):
     return AutoTokenizer.from_pretrained(encoder_path)
 
 
-def make_tiny_retriever(tokenizer, dim: int = 16, seed: int = 0, **config_kwargs):
-    """A randomly initialised 2-layer BERT retriever (hidden 32) with a real BERT tokenizer."""
-    from transformers import BertConfig
-
-    from jmlr_hf import JMLRRetriever, JMLRRetrieverConfig
-
-    torch.manual_seed(seed)
-    encoder_config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=256,
-    )
-    model = JMLRRetriever(JMLRRetrieverConfig(encoder_config=encoder_config, dim=dim, **config_kwargs))
-    model.tokenizer = tokenizer
-    return model.eval()
-
-
-def tiny_llama_config(**overrides: object):
-    """A 2-layer GQA Llama config (4 query / 2 key-value heads, hidden 64) for fast tests."""
-    from transformers import LlamaConfig
-
-    kwargs = dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        max_position_embeddings=256,
-        pad_token_id=0,
-    )
-    kwargs.update(overrides)
-    return LlamaConfig(**kwargs)
-
-
 @pytest.fixture
 def tiny_retriever(bert_tokenizer):
     return make_tiny_retriever(bert_tokenizer)
@@ -104,24 +69,3 @@ def ngc_path(shared_data) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} is missing")
     return path
-
-
-def save_tiny_models(root: Path, llm_tokenizer, bert_tokenizer, seed: int = 0) -> tuple[Path, Path]:
-    """Save a tiny random Llama (with ``llm_tokenizer``) to ``root/llm`` and a tiny retriever to
-    ``root/retriever``, as a user's own checkpoints would be: ``(llm_dir, retriever_dir)``."""
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    config = tiny_llama_config(
-        vocab_size=len(llm_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        max_position_embeddings=2048,
-        pad_token_id=llm_tokenizer.pad_token_id,
-        eos_token_id=llm_tokenizer.eos_token_id,
-    )
-    llm_dir, retriever_dir = root / "llm", root / "retriever"
-    AutoModelForCausalLM.from_config(config).save_pretrained(llm_dir)
-    llm_tokenizer.save_pretrained(llm_dir)
-    make_tiny_retriever(bert_tokenizer, seed=seed).save_pretrained(retriever_dir)
-    return llm_dir, retriever_dir

@@ -20,36 +20,24 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from jmlr_hf import DocumentIndex, JMLRTrainer, JMLRTrainingArguments  # noqa: E402
+from jmlr_hf import JMLRTrainer  # noqa: E402
 from jmlr_hf.data import make_demo_task  # noqa: E402
-from jmlr_hf.models import default_encoder_path, default_llm_path  # noqa: E402
 from jmlr_hf.trainer import distributed  # noqa: E402
-
-from conftest import make_tiny_retriever, tiny_llama_config  # noqa: E402
+from testing_utils import default_tokenizers, make_tiny_llm, make_tiny_retriever, make_trainer  # noqa: E402
 
 MAX_STEPS = 4
-# Settings shared by the worker and the single-process reference of the test.
+# Settings shared by the worker and the single-process reference of the test (beyond TRAINER_DEFAULTS).
 COMMON = dict(
-    per_device_train_batch_size=2,
-    num_candidate_docs=6,
-    num_scored_docs=3,
-    num_context_docs=2,
     max_context_tokens=128,
-    learning_rate=1e-3,
-    retriever_learning_rate=5e-3,
     max_steps=MAX_STEPS,
     index_refresh_steps=2,
     candidate_sampling="top",  # no sampling: the single-process reference sees the same candidates
     utility_precision="fp32",
-    logging_steps=1,
-    report_to="none",
     seed=0,
-    use_cpu=True,
-    dataloader_num_workers=0,
 )
 
 
@@ -75,33 +63,20 @@ def build_trainer(
 ) -> JMLRTrainer:
     """A JMLRTrainer on the demo task with a tiny random LLM and retriever built from ``model_seed``
     (dropout off, so that several processes and one process with gradient accumulation agree)."""
-    llm_tokenizer = AutoTokenizer.from_pretrained(default_llm_path())
-    bert_tokenizer = AutoTokenizer.from_pretrained(default_encoder_path())
-    demo = make_demo_task(num_facts=24, seed=0)
+    llm_tokenizer, bert_tokenizer = default_tokenizers()
     retriever = make_tiny_retriever(bert_tokenizer, seed=model_seed)
     for module in retriever.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
-    index = DocumentIndex.build(demo.corpus, retriever, backend="exact")
-    torch.manual_seed(model_seed)
-    config = tiny_llama_config(
-        vocab_size=len(llm_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        max_position_embeddings=1024,
-        pad_token_id=llm_tokenizer.pad_token_id,
-        eos_token_id=llm_tokenizer.eos_token_id,
-    )
-    llm = AutoModelForCausalLM.from_config(config)
-    args = JMLRTrainingArguments(output_dir=str(output_dir), **{**COMMON, **overrides})
-    return JMLRTrainer(
-        model=llm,
+    return make_trainer(
+        output_dir,
+        llm_tokenizer,
+        bert_tokenizer,
+        make_demo_task(num_facts=24, seed=0),
+        llm=make_tiny_llm(llm_tokenizer, model_seed, max_position_embeddings=1024),
         retriever=retriever,
-        index=index,
-        args=args,
-        train_dataset=demo.train,
-        processing_class=llm_tokenizer,
         callbacks=callbacks,
+        **{**COMMON, "output_dir": str(output_dir), **overrides},
     )
 
 

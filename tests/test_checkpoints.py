@@ -15,37 +15,24 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from jmlr_hf import DocumentIndex, JMLRTrainer, JMLRTrainingArguments
 from jmlr_hf.data import make_demo_task
 from jmlr_hf.recipe import _resume_checkpoint
 from jmlr_hf.retriever.index import IndexFileError
 from jmlr_hf.trainer.checkpoints import newest_complete_checkpoint
-
-from conftest import make_tiny_retriever, tiny_llama_config
+from testing_utils import default_tokenizers, make_tiny_llm, make_tiny_retriever, make_trainer
 
 MAX_STEPS = 5
 # Checkpoints 1, 2 and 3 fall in one refresh interval (the index is re-encoded at step 3); a resume from
-# checkpoint-3 crosses that refresh.
+# checkpoint-3 crosses that refresh. (The other arguments are testing_utils.TRAINER_DEFAULTS.)
 COMMON = dict(
-    per_device_train_batch_size=2,
-    num_candidate_docs=6,
-    num_scored_docs=3,
-    num_context_docs=2,
-    max_context_tokens=256,
-    learning_rate=1e-3,
-    retriever_learning_rate=5e-3,
     max_steps=MAX_STEPS,
     index_refresh_steps=3,
     candidate_sampling="sample",
     utility_precision="fp32",
-    logging_steps=1,
-    save_strategy="no",
-    report_to="none",
     seed=0,
-    use_cpu=True,
-    dataloader_num_workers=0,
 )
 
 
@@ -63,30 +50,14 @@ class StopAt(TrainerCallback):
 
 def build_trainer(output_dir: str | os.PathLike, **overrides) -> JMLRTrainer:
     """A tiny JMLR run on the demo task; the LLM's head is tied to its embeddings (saved once)."""
-    from transformers import AutoTokenizer
-
-    from jmlr_hf.models import default_encoder_path, default_llm_path
-
-    llm_tokenizer = AutoTokenizer.from_pretrained(default_llm_path())
-    retriever = make_tiny_retriever(AutoTokenizer.from_pretrained(default_encoder_path()))
-    demo = make_demo_task(num_facts=24, seed=0)
-    torch.manual_seed(0)
-    config = tiny_llama_config(
-        vocab_size=len(llm_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        max_position_embeddings=2048,
-        pad_token_id=llm_tokenizer.pad_token_id,
-        eos_token_id=llm_tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    return JMLRTrainer(
-        model=AutoModelForCausalLM.from_config(config),
-        retriever=retriever,
-        index=DocumentIndex.build(demo.corpus, retriever, backend="exact"),
-        args=JMLRTrainingArguments(output_dir=str(output_dir), **{**COMMON, **overrides}),
-        train_dataset=demo.train,
-        processing_class=llm_tokenizer,
+    llm_tokenizer, bert_tokenizer = default_tokenizers()
+    return make_trainer(
+        output_dir,
+        llm_tokenizer,
+        bert_tokenizer,
+        make_demo_task(num_facts=24, seed=0),
+        llm=make_tiny_llm(llm_tokenizer, tie_word_embeddings=True),
+        **{**COMMON, "output_dir": str(output_dir), **overrides},
     )
 
 

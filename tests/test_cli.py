@@ -12,54 +12,18 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from jmlr_hf import DocumentIndex, JMLRRetriever
 from jmlr_hf.cli import build_parser, main
-from jmlr_hf.data import chunk_corpus, load_corpus, load_qa_dataset, make_demo_task
+from jmlr_hf.data import chunk_corpus, load_corpus, load_qa_dataset
 from jmlr_hf.evaluation import evaluate_mcq, retrieve_passages
 from jmlr_hf.retriever import StaleIndexError
-
-from conftest import make_tiny_retriever, save_tiny_models
-
-
-def _write_jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    return path
+from testing_utils import make_cli_assets, make_tiny_retriever
+from testing_utils import run_cli as _run
+from testing_utils import write_jsonl as _write_jsonl
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory, llm_tokenizer, bert_tokenizer):
     """Tiny models saved to folders, a JSONL corpus and QA files (train with rationales, test), an index."""
-    root = tmp_path_factory.mktemp("cli")
-    llm_dir, retriever_dir = save_tiny_models(root, llm_tokenizer, bert_tokenizer)
-    task = make_demo_task(num_facts=12, seed=0, related_docs_per_fact=1, test_fraction=0.5)
-    corpus = _write_jsonl(root / "corpus.jsonl", task.corpus.to_list())
-    keep = ("id", "question", "options", "answer", "explanation")
-    train = _write_jsonl(root / "train.jsonl", [{k: r[k] for k in keep} for r in task.train])
-    test = _write_jsonl(root / "test.jsonl", [{k: r[k] for k in keep} for r in task.test])
-    index_dir = root / "index"
-    assert (
-        main(
-            ["index", "--corpus", str(corpus), "--retriever", str(retriever_dir), "--output", str(index_dir)]
-            + ["--backend", "exact", "--chunk-tokens", "32", "--chunk-overlap", "8", "-q"]
-        )
-        == 0
-    )
-    return {
-        "root": root,
-        "llm": llm_dir,
-        "retriever": retriever_dir,
-        "corpus": corpus,
-        "train": train,
-        "test": test,
-        "index": index_dir,
-        "task": task,
-    }
-
-
-def _run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return make_cli_assets(tmp_path_factory.mktemp("cli"), llm_tokenizer, bert_tokenizer)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -17,8 +17,7 @@ from jmlr_hf.attention.context import (
     extend_context,
     mark_embeddings_and_norms_trainable,
 )
-
-from conftest import tiny_llama_config
+from testing_utils import tiny_llama_config
 
 
 def tiny_config(**overrides: object) -> LlamaConfig:

@@ -125,6 +125,17 @@ def test_edge_arguments() -> None:
     assert len(no_test.test) == 0 and "gold_doc_id" in no_test.test.column_names
     tiny = make_demo_task(2, test_fraction=0.5)
     assert len(tiny.train) == 1 and len(tiny.test) == 1
-    for kwargs in ({"num_facts": 0}, {"num_facts": 1}, {"test_fraction": 1.5}, {"questions_per_fact": 7}):
-        with pytest.raises(ValueError):
-            make_demo_task(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_facts": 0}, "num_facts >= 1"),
+        ({"num_facts": 1}, "at least 2 passages"),
+        ({"test_fraction": 1.5}, r"test_fraction must be in \[0, 1\], got 1.5"),
+        ({"questions_per_fact": 7}, r"questions_per_fact must be in 1..6, got 7"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_demo_task(**kwargs)

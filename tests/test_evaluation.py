@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from jmlr_hf import DocumentIndex
 from jmlr_hf.data import format_target, make_demo_task, validate_qa_dataset
 from jmlr_hf.evaluation import (
     evaluate_mcq,
+    kendall_tau,
     letter_log_likelihoods,
     option_log_likelihoods,
     parse_answer_letter,
@@ -22,18 +22,13 @@ from jmlr_hf.evaluation import (
     retriever_llm_agreement,
     save_results,
 )
-from jmlr_hf.trainer import PromptBuilder, kendall_tau
-
-from conftest import make_tiny_retriever, tiny_llama_config
+from jmlr_hf.prompting import PromptBuilder
+from testing_utils import make_tiny_llm, make_tiny_retriever
 
 
 @pytest.fixture(scope="module")
 def tiny_llm(llm_tokenizer):
-    torch.manual_seed(0)
-    config = tiny_llama_config(
-        vocab_size=len(llm_tokenizer), max_position_embeddings=2048, pad_token_id=llm_tokenizer.pad_token_id
-    )
-    return AutoModelForCausalLM.from_config(config).eval()
+    return make_tiny_llm(llm_tokenizer, hidden_size=64, intermediate_size=128).eval()
 
 
 @pytest.fixture(scope="module")
@@ -98,15 +93,22 @@ def test_evaluate_mcq_generate_parses_the_generated_letter(tiny_llm, llm_tokeniz
         assert predicted == parse_answer_letter(text, list(row["options"]))
 
 
-def test_evaluate_mcq_bad_input_names_the_row(tiny_llm, llm_tokenizer, demo):
+@pytest.mark.parametrize(
+    ("bad_input", "message"),
+    [
+        pytest.param(
+            lambda rows: {"dataset": [rows[0], {"id": "free-1", "question": "Why?", "answer": "because"}]},
+            "free-1",
+            id="free-text-row",
+        ),
+        pytest.param(lambda rows: {"dataset": rows, "passages": [[]]}, "passages for 1 rows", id="passages"),
+        pytest.param(lambda rows: {"dataset": rows, "method": "vote"}, "method", id="method"),
+    ],
+)
+def test_evaluate_mcq_bad_input_names_the_row(bad_input, message, tiny_llm, llm_tokenizer, demo):
     rows = validate_qa_dataset(demo.test)[:2]
-    free_text = [rows[0], {"id": "free-1", "question": "Why?", "answer": "because"}]
-    with pytest.raises(ValueError, match="free-1"):
-        evaluate_mcq(tiny_llm, llm_tokenizer, free_text, show_progress_bar=False)
-    with pytest.raises(ValueError, match="passages for 1 rows"):
-        evaluate_mcq(tiny_llm, llm_tokenizer, rows, passages=[[]], show_progress_bar=False)
-    with pytest.raises(ValueError, match="method"):
-        evaluate_mcq(tiny_llm, llm_tokenizer, rows, method="vote")
+    with pytest.raises(ValueError, match=message):
+        evaluate_mcq(tiny_llm, llm_tokenizer, **bad_input(rows), show_progress_bar=False)
 
 
 @pytest.mark.parametrize(

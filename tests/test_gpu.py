@@ -16,8 +16,7 @@ import torch
 from jmlr_hf import DocumentIndex
 from jmlr_hf.models import load_llm
 from jmlr_hf.retriever.index import _FaissBackend
-
-from conftest import make_tiny_retriever, tiny_llama_config
+from testing_utils import make_tiny_llm, make_tiny_retriever, tiny_llama_config
 
 WORDS = "aspirin metformin insulin statin warfarin heparin asthma sepsis anemia fever cough rash pain dose".split()
 
@@ -173,7 +172,7 @@ def test_qlora_joint_step_trains_lora_and_the_retriever(tmp_path, bert_tokenizer
         pytest.skip("needs CUDA")
     pytest.importorskip("bitsandbytes")
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from jmlr_hf import JMLRTrainer, JMLRTrainingArguments
     from jmlr_hf.data import make_demo_task
@@ -183,16 +182,9 @@ def test_qlora_joint_step_trains_lora_and_the_retriever(tmp_path, bert_tokenizer
         tokenizer = AutoTokenizer.from_pretrained(default_llm_path())
     except MissingDefaultModelError as err:
         pytest.skip(str(err))
-    torch.manual_seed(0)
-    config = tiny_llama_config(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "llm")
+    make_tiny_llm(
+        tokenizer, hidden_size=128, intermediate_size=256, max_position_embeddings=1024
+    ).save_pretrained(tmp_path / "llm")
     llm = load_llm(tmp_path / "llm", quantization="4bit", attn_implementation="s2_attn")
     assert getattr(llm, "is_loaded_in_4bit", False)
     demo = make_demo_task(num_facts=24, seed=0)

@@ -25,7 +25,7 @@ from jmlr_hf.hub import (
     push_jmlr_to_hub,
     render_model_card,
 )
-from test_trainer import make_trainer, tiny_llm
+from testing_utils import make_tiny_llm, make_trainer
 
 # test_trainer's module-scoped demo fixture, shared here (a plain assignment: pytest finds it by attribute)
 demo = test_trainer.demo
@@ -154,7 +154,9 @@ def test_render_model_card_and_kind_choice(trained, tmp_path, monkeypatch):
     from jmlr_hf.hub import card_fields
 
     fields = card_fields(
-        trained, base_model="meta-llama/Llama-2-7b-hf", retriever_base_model="colbert-ir/colbertv2.0"
+        trained.card_values(),
+        base_model="meta-llama/Llama-2-7b-hf",
+        retriever_base_model="colbert-ir/colbertv2.0",
     )
     assert fields["llm"]["kind"] == "jmlr-7b"
     for kind in CARD_KINDS:
@@ -167,7 +169,7 @@ def test_render_model_card_and_kind_choice(trained, tmp_path, monkeypatch):
     assert meta["base_model"] == "colbert-ir/colbertv2.0"
     # a base model from a local folder: no base_model metadata, and the card shows no local path
     monkeypatch.setattr(trained.model.config, "_name_or_path", str(tmp_path / "my-llm"))
-    fields = card_fields(trained)["llm"]
+    fields = card_fields(trained.card_values())["llm"]
     meta, body = front_matter(render_model_card(fields["kind"], **fields))
     assert "base_model" not in meta and meta["license"] == "other"
     assert "my-llm (local files)" in body and str(tmp_path) not in body
@@ -181,7 +183,7 @@ def test_peft_adapter_repo(tmp_path, llm_tokenizer, bert_tokenizer, demo):
     from peft import LoraConfig
 
     base = make_trainer(tmp_path, llm_tokenizer, bert_tokenizer, demo, max_steps=1)
-    llm = tiny_llm(llm_tokenizer)
+    llm = make_tiny_llm(llm_tokenizer)
     llm.config._name_or_path = "meta-llama/Llama-2-7b-hf"
     trainer = JMLRTrainer(
         model=llm,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +16,7 @@ from jmlr_hf.data import chunk_corpus, load_corpus
 from jmlr_hf.data.corpus import passage_text_for_encoding
 from jmlr_hf.retriever import StaleIndexError, maxsim
 from jmlr_hf.retriever.index import _FaissBackend
-
-from conftest import make_tiny_retriever
+from testing_utils import make_tiny_retriever
 
 WORDS = "aspirin metformin insulin statin warfarin heparin asthma sepsis anemia fever cough rash pain dose daily weekly".split()
 
@@ -55,6 +55,39 @@ def test_exact_search_matches_reference(tiny_retriever):
     assert [len(h) for h in hits] == [10, 10, 10]
     assert set(hits[0][0]) == {"passage_id", "doc_id", "title", "text", "score"}
     assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(hits[0]))
+
+
+def test_passages_and_their_stored_vectors_by_index(tiny_retriever):
+    index = DocumentIndex.build(synthetic_corpus(20), tiny_retriever, backend="exact")
+    ids = [3, 0, 3]
+    assert index.passage(3) == {"title": index.passages["title"][3], "text": index.passages["text"][3]}
+    texts = index.passage_texts(ids)
+    assert texts == [
+        passage_text_for_encoding(index.passages["title"][i], index.passages["text"][i]) for i in ids
+    ]
+    stored = index.gather_vectors(ids)
+    fresh = tiny_retriever.encode_documents(texts, precision="fp32")
+    assert stored.embeddings.dtype == torch.float32
+    assert stored.mask.sum(1).tolist() == fresh.mask.sum(1).tolist()
+    q = tiny_retriever.encode_queries(["aspirin dose daily"], precision="fp32")
+    torch.testing.assert_close(
+        maxsim(q.embeddings, q.mask, *stored), maxsim(q.embeddings, q.mask, *fresh), rtol=2e-2, atol=5e-2
+    )
+    assert index.num_tokens == int(index.store.vectors.shape[0])
+    before = index.content_id
+    index.add([{"id": "new", "title": "", "text": "aspirin weekly"}])
+    assert index.content_id != before and index.num_passages == 21
+
+
+def test_backends_implement_one_interface():
+    from jmlr_hf.retriever.backends import BACKENDS, IndexBackend
+
+    assert set(BACKENDS) == {"exact", "faiss"}
+    for name, backend in BACKENDS.items():
+        assert issubclass(backend, IndexBackend) and backend.name == name
+    assert BACKENDS["faiss"] is _FaissBackend  # the name benchmarks import from jmlr_hf.retriever.index
+    with pytest.raises(TypeError, match="abstract"):
+        IndexBackend()
 
 
 def test_faiss_backend_agrees_with_exact_on_small_corpus(tiny_retriever):
@@ -153,17 +186,44 @@ def test_add_documents_equals_building_on_the_union(tiny_retriever):
             index.add([{"id": "new", "title": "", "text": "again"}])
 
 
-def test_bad_inputs(tiny_retriever, tmp_path):
-    with pytest.raises(ValueError, match="empty"):
-        DocumentIndex.build([], tiny_retriever)
-    with pytest.raises(ValueError, match=r"row 1 \(id 'b'\)"):
-        DocumentIndex.build([{"id": "a", "text": "ok"}, {"id": "b", "text": "  "}], tiny_retriever)
-    with pytest.raises(ValueError, match="row 0"):
-        DocumentIndex.build([{"id": "a", "text": 12}], tiny_retriever)
-    with pytest.raises(ValueError, match="duplicate id 'a' in rows 0 and 1"):
-        DocumentIndex.build([{"id": "a", "text": "x"}, {"id": "a", "text": "y"}], tiny_retriever)
-    with pytest.raises(ValueError, match="backend"):
-        DocumentIndex.build(["x"], tiny_retriever, backend="plaid")
+def _bad_jsonl(folder: Path) -> Path:
+    path = folder / "bad.jsonl"
+    path.write_text('{"id": "a", "text": "fine"}\n{not json\n')
+    return path
+
+
+@pytest.mark.parametrize(
+    ("corpus", "kwargs", "error", "match"),
+    [
+        pytest.param(lambda tmp: [], {}, ValueError, "empty", id="empty"),
+        pytest.param(
+            lambda tmp: [{"id": "a", "text": "ok"}, {"id": "b", "text": "  "}],
+            {},
+            ValueError,
+            r"row 1 \(id 'b'\)",
+            id="blank-text",
+        ),
+        pytest.param(lambda tmp: [{"id": "a", "text": 12}], {}, ValueError, "row 0", id="text-not-a-string"),
+        pytest.param(
+            lambda tmp: [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}],
+            {},
+            ValueError,
+            "duplicate id 'a' in rows 0 and 1",
+            id="duplicate-id",
+        ),
+        pytest.param(lambda tmp: ["x"], {"backend": "plaid"}, ValueError, "backend", id="unknown-backend"),
+        pytest.param(_bad_jsonl, {}, ValueError, "bad.jsonl, line 2", id="invalid-json-line"),
+        pytest.param(
+            lambda tmp: tmp / "missing.jsonl", {}, FileNotFoundError, "missing.jsonl", id="missing-file"
+        ),
+    ],
+)
+def test_build_refuses_bad_corpora(corpus, kwargs, error, match, tiny_retriever, tmp_path):
+    with pytest.raises(error, match=match):
+        DocumentIndex.build(corpus(tmp_path), tiny_retriever, **kwargs)
+
+
+def test_bad_search_and_load_arguments(tiny_retriever, tmp_path):
     index = DocumentIndex.build(["one passage", "another passage"], tiny_retriever)
     with pytest.raises(ValueError, match="larger than the number of passages"):
         index.search(["q"], k=3)
@@ -171,12 +231,6 @@ def test_bad_inputs(tiny_retriever, tmp_path):
         index.search([""], k=1)
     with pytest.raises(FileNotFoundError, match="index_config.json"):
         DocumentIndex.load(tmp_path, tiny_retriever)
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"id": "a", "text": "fine"}\n{not json\n')
-    with pytest.raises(ValueError, match="bad.jsonl, line 2"):
-        DocumentIndex.build(bad, tiny_retriever)
-    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
-        DocumentIndex.build(tmp_path / "missing.jsonl", tiny_retriever)
 
 
 def test_corpus_formats(tmp_path):

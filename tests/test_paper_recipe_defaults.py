@@ -7,9 +7,8 @@ import pytest
 
 from jmlr_hf import DocumentIndex, JMLRTrainer, JMLRTrainingArguments
 from jmlr_hf.data import chunk_corpus, load_corpus, make_demo_task
-from jmlr_hf.trainer import PromptBuilder
-
-from conftest import make_tiny_retriever, tiny_llama_config
+from jmlr_hf.prompting import PromptBuilder
+from testing_utils import make_tiny_llm, make_tiny_retriever
 
 LONG_QUESTION = (
     "A 45-year-old woman presents with fatigue, weight gain and cold intolerance for six months. Her "
@@ -45,14 +44,10 @@ def test_default_context_budget_holds_seven_real_guideline_passages(llm_tokenize
 def test_trainer_gives_the_retriever_whole_questions_and_its_own_learning_rate(
     tmp_path, llm_tokenizer, bert_tokenizer
 ):
-    from transformers import AutoModelForCausalLM
-
     task = make_demo_task(num_facts=10, seed=0, related_docs_per_fact=3)  # 40 passages
     retriever = make_tiny_retriever(bert_tokenizer, query_max_length=32)  # e.g. a Stanford checkpoint's
     index = DocumentIndex.build(task.corpus, retriever, backend="exact")
-    llm = AutoModelForCausalLM.from_config(
-        tiny_llama_config(vocab_size=len(llm_tokenizer), max_position_embeddings=2048)
-    )
+    llm = make_tiny_llm(llm_tokenizer, hidden_size=64, intermediate_size=128)
     args = JMLRTrainingArguments(
         output_dir=str(tmp_path / "out"), learning_rate=2e-4, use_cpu=True, report_to="none", max_steps=1
     )

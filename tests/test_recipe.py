@@ -22,8 +22,7 @@ from jmlr_hf.recipe import (
     parse_args,
     run_training,
 )
-
-from conftest import save_tiny_models
+from testing_utils import save_tiny_models
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "configs"
 

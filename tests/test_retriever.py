@@ -7,6 +7,7 @@ import string
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel
 
@@ -262,6 +263,60 @@ def test_loads_pylate_colbert_folder(bert_tokenizer, tmp_path):
         loaded.encode_queries(QUERIES, precision="fp32"), loaded.encode_documents(DOCS, precision="fp32")
     )
     torch.testing.assert_close(got, expected)
+
+
+def test_empty_markers_mean_no_marker(bert_tokenizer):
+    """PyLate's empty prefixes: nothing is inserted after [CLS] and the text keeps the marker's place."""
+    retriever = make_tiny_retriever(bert_tokenizer, query_marker="", document_marker="", document_length=8)
+    retriever._ensure_marker_tokens()  # adds nothing for an empty marker
+    assert len(retriever.tokenizer) == len(bert_tokenizer)
+    plain = bert_tokenizer("short query")["input_ids"]
+    ids = retriever.tokenize(["short query"], is_query=True)["input_ids"][0]
+    assert ids[: len(plain)].tolist() == plain and (ids[len(plain) :] == bert_tokenizer.mask_token_id).all()
+    doc = retriever.tokenize(["one two three four five six seven eight nine"], is_query=False)["input_ids"][0]
+    assert (
+        doc.tolist()
+        == bert_tokenizer("one two three four five six seven eight nine", max_length=8, truncation=True)[
+            "input_ids"
+        ]
+    )
+
+
+def test_skiplist_keeps_the_first_piece_of_words_split_into_pieces(bert_tokenizer):
+    """A skiplist word that is a vocabulary token drops that token (PyLate); one that the tokenizer splits
+    drops its first piece (Stanford ColBERT), instead of being ignored."""
+    retriever = make_tiny_retriever(bert_tokenizer, skiplist=["!", "e.g.", "--"])
+    assert len(bert_tokenizer.encode("e.g.", add_special_tokens=False)) == 4
+    expected = sorted(bert_tokenizer.convert_tokens_to_ids(t) for t in ("!", "e", "-"))
+    assert retriever._skiplist().tolist() == expected
+
+
+def test_projection_layers_chain(bert_tokenizer, tmp_path):
+    layers = [
+        {"out_features": 24, "bias": True, "activation": "Tanh", "residual": True},
+        {
+            "out_features": 24,
+            "bias": False,
+            "activation": "torch.nn.modules.activation.GELU",
+            "residual": True,
+        },
+        {"out_features": 16, "bias": False, "activation": "Identity", "residual": False},
+    ]
+    retriever = make_tiny_retriever(bert_tokenizer, projection_layers=layers)
+    hidden = torch.randn(2, 5, 32)
+    x = torch.tanh(retriever.linear(hidden)) + retriever.residual_projections["0"](hidden)
+    x = F.gelu(retriever.extra_projections[0](x)) + x
+    torch.testing.assert_close(retriever._project(hidden), retriever.extra_projections[1](x))
+    retriever.save_pretrained(tmp_path / "r")
+    loaded = JMLRRetriever.from_pretrained(tmp_path / "r")
+    for name, tensor in retriever.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="out_features == dim"):
+        make_tiny_retriever(bert_tokenizer, dim=8, projection_layers=layers)
+    with pytest.raises(ValueError, match="Unsupported projection activation"):
+        make_tiny_retriever(
+            bert_tokenizer, projection_layers=[{"out_features": 16, "activation": "os.system"}]
+        )
 
 
 def test_bad_inputs(tiny_retriever, encoder_path, tmp_path):

@@ -34,8 +34,7 @@ from jmlr_hf.attention.s2_attn import (
     resolve_group_size,
     s2_attention_forward,
 )
-
-from conftest import tiny_llama_config
+from testing_utils import tiny_llama_config
 
 # ---------------------------------------------------------------------------------------------------------------
 # The slow, obviously-correct reference

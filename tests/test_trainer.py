@@ -10,22 +10,9 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from jmlr_hf import DocumentIndex, JMLRRetriever, JMLRTrainer, JMLRTrainingArguments
 from jmlr_hf.data import format_target, make_demo_task
+from jmlr_hf.layout import read_inference_settings
 from jmlr_hf.trainer import PromptBuilder, llm_rank_loss, pdist_loss
-
-from conftest import make_tiny_retriever, tiny_llama_config
-
-
-def tiny_llm(tokenizer, seed: int = 0):
-    torch.manual_seed(seed)
-    config = tiny_llama_config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        max_position_embeddings=2048,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return AutoModelForCausalLM.from_config(config)
+from testing_utils import make_tiny_llm, make_tiny_retriever, make_trainer
 
 
 class StopAt(TrainerCallback):
@@ -42,38 +29,6 @@ class StopAt(TrainerCallback):
 @pytest.fixture(scope="module")
 def demo():
     return make_demo_task(num_facts=24, seed=0)
-
-
-def make_trainer(tmp_path, llm_tokenizer, bert_tokenizer, demo, seed=0, **overrides):
-    retriever = make_tiny_retriever(bert_tokenizer, seed=seed)
-    index = DocumentIndex.build(demo.corpus, retriever, backend="exact")
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=2,
-        num_candidate_docs=6,
-        num_scored_docs=3,
-        num_context_docs=2,
-        max_context_tokens=256,
-        learning_rate=1e-3,
-        retriever_learning_rate=5e-3,
-        max_steps=2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=seed,
-        use_cpu=True,
-        dataloader_num_workers=0,
-    )
-    defaults.update(overrides)
-    args = JMLRTrainingArguments(**defaults)
-    return JMLRTrainer(
-        model=tiny_llm(llm_tokenizer, seed),
-        retriever=retriever,
-        index=index,
-        args=args,
-        train_dataset=demo.train,
-        processing_class=llm_tokenizer,
-    )
 
 
 def test_rank_losses_prefer_the_useful_document():
@@ -164,7 +119,7 @@ def test_batch_output_shapes_and_context_order(tmp_path, llm_tokenizer, bert_tok
         assert len(set(out.scored_ids[b].tolist())) == 3
     # the utility of one row does not depend on the other rows of the batch (padding is respected)
     single = trainer.prompts.batch(
-        [trainer.prompts.prompt(rows[0], [trainer._passage(int(out.scored_ids[0, 0]))])],
+        [trainer.prompts.prompt(rows[0], [trainer.index.passage(int(out.scored_ids[0, 0]))])],
         [format_target(rows[0])],
         "left",
     )
@@ -219,13 +174,30 @@ def test_save_layout_and_resume_is_identical(tmp_path, llm_tokenizer, bert_token
     loaded = JMLRRetriever.from_pretrained(tmp_path / "final" / "retriever")
     torch.testing.assert_close(loaded.linear.weight, resumed.retriever.linear.weight.cpu())
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "final").config.hidden_size == 32
+    # ... and the prompt settings that `jmlr eval` / `jmlr ask` reuse
+    assert read_inference_settings(tmp_path / "final") == {
+        "prompt_template": None,
+        "max_context_tokens": 256,
+        "num_context_docs": 2,
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"num_candidate_docs": 6, "num_context_docs": 8},
+            r"num_context_docs \(8\) > num_candidate_docs \(6\)",
+        ),
+        ({"rank_loss": "listwise"}, "rank_loss"),
+    ],
+)
+def test_bad_arguments_are_refused(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        JMLRTrainingArguments(output_dir=str(tmp_path), **kwargs)
 
 
 def test_bad_inputs(tmp_path, llm_tokenizer, bert_tokenizer, demo):
-    with pytest.raises(ValueError, match=r"num_context_docs \(8\) > num_candidate_docs \(6\)"):
-        JMLRTrainingArguments(output_dir=str(tmp_path), num_candidate_docs=6, num_context_docs=8)
-    with pytest.raises(ValueError, match="rank_loss"):
-        JMLRTrainingArguments(output_dir=str(tmp_path), rank_loss="listwise")
     bad_rows = [dict(demo.train[0]), {**dict(demo.train[1]), "answer": "Z"}]
     with pytest.raises(ValueError, match="train_dataset.*index 1"):
         trainer = make_trainer(tmp_path, llm_tokenizer, bert_tokenizer, demo)
@@ -241,7 +213,7 @@ def test_bad_inputs(tmp_path, llm_tokenizer, bert_tokenizer, demo):
         retriever = make_tiny_retriever(bert_tokenizer)
         small = DocumentIndex.build(["a b c", "d e f"], retriever)
         JMLRTrainer(
-            tiny_llm(llm_tokenizer),
+            make_tiny_llm(llm_tokenizer),
             retriever,
             small,
             trainer.args,

@@ -4,29 +4,25 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 import jmlr_hf  # noqa: F401  (registers "s2_attn")
 from jmlr_hf.data import make_demo_task
-from jmlr_hf.trainer import PromptBuilder
-from jmlr_hf.trainer.collator import passage_utility_nll
-
-from conftest import tiny_llama_config
+from jmlr_hf.prompting import PromptBuilder
+from jmlr_hf.scoring import passage_utility_nll
+from testing_utils import make_tiny_llm
 
 
 @pytest.fixture(scope="module")
 def lora_s2_llm(llm_tokenizer):
     from peft import LoraConfig, get_peft_model
 
-    torch.manual_seed(0)
-    config = tiny_llama_config(
-        vocab_size=len(llm_tokenizer),
-        max_position_embeddings=2048,
-        pad_token_id=llm_tokenizer.pad_token_id,
-        eos_token_id=llm_tokenizer.eos_token_id,
+    model = make_tiny_llm(
+        llm_tokenizer,
+        attn_implementation="s2_attn",
+        hidden_size=64,
+        intermediate_size=128,
         attention_dropout=0.1,
     )
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="s2_attn")
     lora = LoraConfig(r=8, lora_dropout=0.1, target_modules="all-linear", task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     for name, param in model.named_parameters():  # LoRA B starts at zero: make the adapters matter

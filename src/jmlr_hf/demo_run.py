@@ -216,12 +216,11 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
     }
 
     # Checkpoints, table, plot
-    from .recipe import write_inference_settings
+    from .layout import INDEX_DIR
 
     model_dir = os.path.join(config.output_dir, "model")
-    trainer.save_model(model_dir)
-    index.save(os.path.join(model_dir, "index"))  # the `jmlr train` layout: `jmlr ask --model` finds it
-    write_inference_settings(model_dir, args)
+    trainer.save_model(model_dir)  # the LLM, retriever/ and jmlr_inference.json
+    index.save(os.path.join(model_dir, INDEX_DIR))  # the `jmlr train` layout: `jmlr ask --model` finds it
     table = results_to_markdown(results)
     summary = {
         "results": results,

@@ -4,12 +4,38 @@ The card templates are package data (``jmlr_hf/hub_cards/*.md``, ``string.Templa
 ``${card_data}`` placeholder becomes the YAML front matter, built with ``huggingface_hub.ModelCardData``;
 the other placeholders are filled from the training run (:func:`card_fields`).
 
+The cards are built from plain values (:class:`CardValues`; ``JMLRTrainer.card_values()`` gathers a run's),
+so this module never imports the trainer.
+
 Examples:
-    >>> from jmlr_hf.hub import render_model_card
-    >>> card = render_model_card("jmlr-retriever", **fields)  # doctest: +SKIP
-    >>> llm_dir, retriever_dir = prepare_hub_folders(trainer, "staging")  # doctest: +SKIP
-    >>> push_jmlr_to_hub(trainer)  # doctest: +SKIP
-    ('https://huggingface.co/org/jmlr-13b', 'https://huggingface.co/org/jmlr-13b-retriever')
+    >>> from transformers import BertConfig
+    >>> from jmlr_hf import JMLRRetrieverConfig
+    >>> values = CardValues(
+    ...     repo_id="org/jmlr-13b",
+    ...     llm_name_or_path="meta-llama/Llama-2-13b-hf",
+    ...     num_parameters=13_000_000_000,
+    ...     retriever_config=JMLRRetrieverConfig(encoder_config=BertConfig()),
+    ...     joint_arguments={"num_context_docs": 7, "rank_loss": "llm_rank"},
+    ...     optimization_arguments={"learning_rate (LLM)": 2e-4},
+    ...     prompt_template=None,
+    ...     max_context_tokens=2048,
+    ...     num_context_docs=7,
+    ...     num_passages=6439,
+    ...     chunk_tokens=150,
+    ...     chunk_overlap=32,
+    ...     paper={"id": "2402.17887", "title": "JMLR", "citation": "@article{wang2024jmlr}"},
+    ... )
+    >>> fields = card_fields(values, datasets=["bigbio/med_qa"])
+    >>> fields["llm"]["kind"], fields["llm"]["license"], fields["retriever"]["model_name"]
+    ('jmlr-13b', 'llama2', 'jmlr-13b-retriever')
+    >>> card = render_model_card("jmlr-retriever", **fields["retriever"])
+    >>> "| `rank_loss` | `llm_rank` |" in card and "6439 passages" in card
+    True
+
+    Staging and pushing save the trainer's models, so they take the trainer::
+
+        llm_dir, retriever_dir = prepare_hub_folders(trainer, "staging")
+        push_jmlr_to_hub(trainer)  # the URLs of org/jmlr-13b and org/jmlr-13b-retriever
 """
 
 from __future__ import annotations
@@ -21,19 +47,19 @@ import os
 import re
 import shutil
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from huggingface_hub import ModelCardData
 from transformers import TrainingArguments
 
-from .trainer.arguments import DEFAULT_PROMPT_TEMPLATE, JMLRTrainingArguments
-from .trainer.trainer import INDEX_DIR, RETRIEVER_DIR, STATE_FILE
+from .layout import INDEX_DIR, INFERENCE_FILE, RETRIEVER_DIR, STATE_FILE
+from .prompting import DEFAULT_PROMPT_TEMPLATE
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .trainer import JMLRTrainer
+    from .trainer.arguments import JMLRTrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +72,71 @@ RETRIEVER_SUFFIX = "-retriever"
 CARD_NAME = "README.md"
 TRAINING_ARGS_NAME = "training_args.bin"
 # What ``JMLRTrainer.save_model`` writes beside the LLM that is not part of the LLM repo.
-_NOT_LLM_FILES = (RETRIEVER_DIR, INDEX_DIR, STATE_FILE, TRAINING_ARGS_NAME)
+_NOT_LLM_FILES = (RETRIEVER_DIR, INDEX_DIR, STATE_FILE, INFERENCE_FILE, TRAINING_ARGS_NAME)
 # Fields that go to the YAML front matter (the Hub's metadata) rather than the card body.
 METADATA_KEYS = ("license", "library_name", "pipeline_tag", "base_model", "datasets", "tags", "language")
 # ``Trainer.create_model_card`` / ``Trainer.push_to_hub`` keyword names -> card fields.
 _TRAINER_CARD_ALIASES = {"finetuned_from": "base_model", "dataset": "datasets", "dataset_tags": "datasets"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclasses.dataclass
+class CardValues:
+    """What the two model cards of a run say, as plain values (``JMLRTrainer.card_values()`` gathers them).
+
+    Args:
+        repo_id: the LLM repo when :func:`card_fields` gets none (the retriever's adds ``"-retriever"``).
+        llm_name_or_path: where the LLM came from (its PEFT base model, else its ``config._name_or_path``).
+        num_parameters: the LLM's parameter count (picks the 7B or 13B card when no name says which).
+        retriever_config: the retriever's :class:`~jmlr_hf.JMLRRetrieverConfig`.
+        joint_arguments: the joint-step arguments table (:func:`joint_step_arguments`).
+        optimization_arguments: the optimization table (:func:`optimization_arguments`).
+        prompt_template: the training prompt template (``None``: the default one).
+        max_context_tokens: the context budget of the prompt.
+        num_context_docs: passages in the prompt.
+        num_passages / chunk_tokens / chunk_overlap: the index's size and passage windows.
+        global_step: optimizer steps done.
+        epoch: epochs done (``None`` when unknown).
+        adapter_config: the LLM's active PEFT config, ``None`` for full fine-tuning.
+        num_train_rows: training questions (``None`` when the dataset has no length).
+        train_dataset_name: the training dataset's name, when it records one.
+        tags: the trainer's tags (first on the cards).
+        model_tags: the LLM's own ``model_tags``.
+        paper: ``{"id", "title", "citation"}`` of the method's paper.
+    """
+
+    repo_id: str
+    llm_name_or_path: str | None
+    num_parameters: int
+    retriever_config: Any
+    joint_arguments: Mapping[str, Any]
+    optimization_arguments: Mapping[str, Any]
+    prompt_template: str | None
+    max_context_tokens: int
+    num_context_docs: int
+    num_passages: int
+    chunk_tokens: int
+    chunk_overlap: int
+    global_step: int = 0
+    epoch: float | None = None
+    adapter_config: Any = None
+    num_train_rows: int | None = None
+    train_dataset_name: str | None = None
+    tags: Sequence[str] = ()
+    model_tags: Sequence[str] = ()
+    paper: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+class HubTrainer(Protocol):
+    """What staging and pushing need of a trainer (:class:`~jmlr_hf.JMLRTrainer` is one)."""
+
+    args: Any
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None: ...
+
+    def card_values(self) -> CardValues: ...
+
+    def is_world_process_zero(self) -> bool: ...
 
 
 # ---------------------------------------------------------------------- rendering
@@ -130,8 +215,8 @@ def joint_step_arguments(args: JMLRTrainingArguments) -> dict[str, Any]:
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.name not in base}
 
 
-def _optimization_arguments(trainer: JMLRTrainer) -> dict[str, Any]:
-    args = trainer.args
+def optimization_arguments(args: JMLRTrainingArguments, global_step: int = 0) -> dict[str, Any]:
+    """The optimization table of the LLM card: learning rates, schedule, batch sizes, steps, precision."""
     retriever_lr = args.retriever_learning_rate
     total_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     rows: dict[str, Any] = {
@@ -152,7 +237,7 @@ def _optimization_arguments(trainer: JMLRTrainer) -> dict[str, Any]:
             if args.max_steps > 0
             else {"num_train_epochs": args.num_train_epochs}
         ),
-        "optimizer steps done": trainer.state.global_step,
+        "optimizer steps done": global_step,
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         "gradient_checkpointing": args.gradient_checkpointing,
         "seed": args.seed,
@@ -160,8 +245,8 @@ def _optimization_arguments(trainer: JMLRTrainer) -> dict[str, Any]:
     return rows
 
 
-def _peft_section(model: Any) -> str:
-    config = _peft_config(model)
+def _peft_section(config: Any) -> str:
+    """The PEFT table of the LLM card (``""`` without an adapter)."""
     if config is None:
         return ""
     keep = ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "modules_to_save", "bias")
@@ -172,18 +257,6 @@ def _peft_section(model: Any) -> str:
             value = getattr(value, "value", value)
             rows[key] = sorted(value) if isinstance(value, (set, frozenset)) else value
     return "\n### PEFT adapter (LLM only; the retriever is trained in full)\n\n" + _table(rows) + "\n"
-
-
-def _peft_config(model: Any) -> Any:
-    configs = getattr(model, "peft_config", None)
-    if isinstance(configs, Mapping) and configs:
-        active = getattr(model, "active_adapter", None)
-        return (
-            configs.get(active)
-            if isinstance(active, str) and active in configs
-            else next(iter(configs.values()))
-        )
-    return None
 
 
 def _framework_versions() -> str:
@@ -202,17 +275,17 @@ def _default_license(*base_models: str | None) -> str:
 
 
 def card_fields(
-    trainer: JMLRTrainer,
+    values: CardValues,
     llm_repo_id: str | None = None,
     retriever_repo_id: str | None = None,
     **overrides: Any,
 ) -> dict[str, dict[str, Any]]:
-    """The fields of both cards of a trainer's run: ``{"llm": {...}, "retriever": {...}}``.
+    """The fields of both cards of a run: ``{"llm": {...}, "retriever": {...}}``.
 
     Args:
-        trainer: the :class:`~jmlr_hf.JMLRTrainer` (after training).
-        llm_repo_id / retriever_repo_id: the two repos (default: ``args.hub_model_id`` or the name of
-            ``output_dir``, and that plus ``"-retriever"``).
+        values: the run's plain values (``JMLRTrainer.card_values()`` gathers them after training).
+        llm_repo_id / retriever_repo_id: the two repos (default: ``values.repo_id``, and that plus
+            ``"-retriever"``).
         **overrides: card fields that win over what the run says. Useful ones: ``base_model`` (the LLM's
             Hub id when the model was loaded from a local path), ``retriever_base_model``, ``datasets``
             (Hub dataset ids), ``corpus`` (the retrieval corpus, in words), ``license``,
@@ -224,119 +297,26 @@ def card_fields(
         value = overrides.pop(alias, None)
         if value is not None and overrides.get(name) is None:
             overrides[name] = value
-    args = trainer.args
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    retriever = trainer.retriever
-    adapter = _peft_config(model)
-    llm_repo_id = llm_repo_id or args.hub_model_id or Path(args.output_dir).name
+    llm_repo_id = llm_repo_id or values.repo_id
     retriever_repo_id = retriever_repo_id or llm_repo_id + RETRIEVER_SUFFIX
-
-    # PEFT records the base only for models from from_pretrained; the config knows it otherwise.
-    llm_base_name = getattr(adapter, "base_model_name_or_path", None) or getattr(
-        model.config, "_name_or_path", None
-    )
-    base_model = overrides.pop("base_model", None) or _hub_id(llm_base_name)
-    retriever_names = (
-        getattr(retriever.config, "_name_or_path", None),
-        getattr(retriever.config.encoder_config, "_name_or_path", None),
-    )
+    base_model = overrides.pop("base_model", None) or _hub_id(values.llm_name_or_path)
+    retriever_names = _retriever_names(values.retriever_config)
     retriever_base = overrides.pop("retriever_base_model", None) or next(
         (n for n in map(_hub_id, retriever_names) if n), None
     )
-    retriever_local = next((n for n in retriever_names if n), None)
     datasets = _as_list(overrides.pop("datasets", None))
-    dataset_info = getattr(getattr(trainer.train_dataset, "info", None), "dataset_name", None)
-    datasets_text = ", ".join(f"`{d}`" for d in datasets) or (
-        f"`{dataset_info}`" if dataset_info else "not recorded (pass `datasets=[...]` to `push_to_hub`)"
-    )
-    if trainer.train_dataset is not None and hasattr(trainer.train_dataset, "__len__"):
-        datasets_text += f"; {len(trainer.train_dataset)} training questions"
-    corpus = overrides.pop("corpus", None)
-    index = trainer.index
-    corpus_text = (f"{corpus}; " if corpus else "") + (
-        f"{len(index)} passages ({index.chunk_tokens}-token windows, overlap {index.chunk_overlap})"
-    )
-    epoch = trainer.state.epoch
-    steps = trainer.state.global_step
-    steps_text = f"{steps} optimizer step{'' if steps == 1 else 's'}" + (
-        f" ({epoch:.2f} epochs)" if epoch is not None else ""
-    )
-    extra_tags = _as_list(overrides.pop("tags", None)) + list(getattr(model, "model_tags", None) or [])
-    tags = list(dict.fromkeys([*trainer._tag_names, *extra_tags]))
-    license_ = overrides.pop("license", None) or _default_license(base_model, llm_base_name)
+    extra_tags = _as_list(overrides.pop("tags", None)) + list(values.model_tags)
+    tags = list(dict.fromkeys([*values.tags, *extra_tags]))
+    common = _common_fields(values, llm_repo_id, retriever_repo_id, base_model, retriever_base, datasets)
+    common["corpus_text"] = _corpus_text(values, overrides.pop("corpus", None))
+    license_ = overrides.pop("license", None) or _default_license(base_model, values.llm_name_or_path)
     # The retriever is not derived from the LLM: its licence follows its own base.
     retriever_license = overrides.pop("retriever_license", None) or _default_license(retriever_base)
-    num_parameters = sum(p.numel() for p in model.parameters())
-
-    load_llm = (
-        "from peft import AutoPeftModelForCausalLM\n"
-        "from transformers import AutoTokenizer\n\n"
-        f'llm = AutoPeftModelForCausalLM.from_pretrained("{llm_repo_id}")  # loads the base model too\n'
-        if adapter is not None
-        else "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-        f'llm = AutoModelForCausalLM.from_pretrained("{llm_repo_id}")\n'
-    ) + f'tokenizer = AutoTokenizer.from_pretrained("{llm_repo_id}")'
-    builder_kwargs = f", max_context_tokens={args.max_context_tokens}"
-    if args.prompt_template is not None:
-        builder_kwargs += f", prompt_template={args.prompt_template!r}"
-    weights = (
-        f"a {getattr(adapter.peft_type, 'value', adapter.peft_type)} adapter (PEFT) for "
-        f"**{base_model or _display_name(llm_base_name)}**, and the tokenizer"
-        if adapter is not None
-        else "the full fine-tuned weights (safetensors) and the tokenizer"
-    )
-    paper = trainer._paper
-    common = {
-        "paper_id": paper["id"],
-        "paper_title": paper["title"],
-        "citation": paper["citation"],
-        "llm_repo_id": llm_repo_id,
-        "retriever_repo_id": retriever_repo_id,
-        "base_model_name": base_model or _display_name(llm_base_name) or "a locally built model",
-        "retriever_base_model_name": retriever_base
-        or _display_name(retriever_local)
-        or "a locally built retriever",
-        "datasets_text": datasets_text,
-        "corpus_text": corpus_text,
-        "steps_text": steps_text,
-        "joint_table": _table(joint_step_arguments(args)),
-        "optimization_table": _table(_optimization_arguments(trainer)),
-        "framework_versions": _framework_versions(),
-        "num_context_docs": args.num_context_docs,
-        "datasets": datasets,
-    }
-    llm = {
-        **common,
-        "kind": llm_card_kind(base_model, llm_base_name, llm_repo_id, num_parameters=num_parameters),
-        "model_name": llm_repo_id.split("/")[-1],
-        "license": license_,
-        "library_name": "peft" if adapter is not None else "transformers",
-        "pipeline_tag": "text-generation",
-        "base_model": base_model,
-        "tags": tags + (["peft", "lora"] if adapter is not None else []),
-        "weights_description": weights,
-        "load_llm_code": load_llm,
-        "prompt_builder_kwargs": builder_kwargs,
-        "prompt_template": args.prompt_template or DEFAULT_PROMPT_TEMPLATE,
-        "peft_section": _peft_section(model),
-    }
-    encoder = retriever.config.encoder_config
+    llm = {**common, **_llm_fields(values, llm_repo_id, base_model, tags), "license": license_}
     retriever_fields = {
         **common,
-        "kind": "jmlr-retriever",
-        "model_name": retriever_repo_id.split("/")[-1],
+        **_retriever_fields(values.retriever_config, retriever_repo_id, retriever_base, tags),
         "license": retriever_license,
-        "library_name": "transformers",
-        "pipeline_tag": "sentence-similarity",
-        "base_model": retriever_base,
-        "tags": list(dict.fromkeys([*tags, "late-interaction", "sentence-similarity"])),
-        "dim": retriever.config.dim,
-        "query_length": retriever.config.query_length,
-        "query_max_length": retriever.config.max_query_tokens,
-        "document_length": retriever.config.document_length,
-        "similarity": retriever.config.similarity,
-        "encoder_type": encoder.model_type,
-        "encoder_hidden_size": encoder.hidden_size,
     }
     for key, value in overrides.items():
         if key.startswith("retriever_"):
@@ -346,9 +326,129 @@ def card_fields(
     return {"llm": llm, "retriever": retriever_fields}
 
 
+def _retriever_names(config: Any) -> tuple[str | None, str | None]:
+    """The retriever's own name or path, then its encoder's."""
+    return (
+        getattr(config, "_name_or_path", None),
+        getattr(config.encoder_config, "_name_or_path", None),
+    )
+
+
+def _corpus_text(values: CardValues, corpus: str | None) -> str:
+    return (f"{corpus}; " if corpus else "") + (
+        f"{values.num_passages} passages "
+        f"({values.chunk_tokens}-token windows, overlap {values.chunk_overlap})"
+    )
+
+
+def _datasets_text(values: CardValues, datasets: list[str]) -> str:
+    name = values.train_dataset_name
+    text = ", ".join(f"`{d}`" for d in datasets) or (
+        f"`{name}`" if name else "not recorded (pass `datasets=[...]` to `push_to_hub`)"
+    )
+    if values.num_train_rows is not None:
+        text += f"; {values.num_train_rows} training questions"
+    return text
+
+
+def _common_fields(
+    values: CardValues,
+    llm_repo_id: str,
+    retriever_repo_id: str,
+    base_model: str | None,
+    retriever_base: str | None,
+    datasets: list[str],
+) -> dict[str, Any]:
+    """The fields both cards share: paper, repos, base models, data, progress and argument tables."""
+    epoch, steps = values.epoch, values.global_step
+    steps_text = f"{steps} optimizer step{'' if steps == 1 else 's'}" + (
+        f" ({epoch:.2f} epochs)" if epoch is not None else ""
+    )
+    retriever_local = next((n for n in _retriever_names(values.retriever_config) if n), None)
+    paper = values.paper
+    return {
+        "paper_id": paper["id"],
+        "paper_title": paper["title"],
+        "citation": paper["citation"],
+        "llm_repo_id": llm_repo_id,
+        "retriever_repo_id": retriever_repo_id,
+        "base_model_name": base_model or _display_name(values.llm_name_or_path) or "a locally built model",
+        "retriever_base_model_name": retriever_base
+        or _display_name(retriever_local)
+        or "a locally built retriever",
+        "datasets_text": _datasets_text(values, datasets),
+        "steps_text": steps_text,
+        "joint_table": _table(values.joint_arguments),
+        "optimization_table": _table(values.optimization_arguments),
+        "framework_versions": _framework_versions(),
+        "num_context_docs": values.num_context_docs,
+        "datasets": datasets,
+    }
+
+
+def _llm_fields(
+    values: CardValues, llm_repo_id: str, base_model: str | None, tags: list[str]
+) -> dict[str, Any]:
+    """The LLM card's own fields (the licence apart)."""
+    adapter = values.adapter_config
+    load_llm = (
+        "from peft import AutoPeftModelForCausalLM\n"
+        "from transformers import AutoTokenizer\n\n"
+        f'llm = AutoPeftModelForCausalLM.from_pretrained("{llm_repo_id}")  # loads the base model too\n'
+        if adapter is not None
+        else "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        f'llm = AutoModelForCausalLM.from_pretrained("{llm_repo_id}")\n'
+    ) + f'tokenizer = AutoTokenizer.from_pretrained("{llm_repo_id}")'
+    builder_kwargs = f", max_context_tokens={values.max_context_tokens}"
+    if values.prompt_template is not None:
+        builder_kwargs += f", prompt_template={values.prompt_template!r}"
+    weights = (
+        f"a {getattr(adapter.peft_type, 'value', adapter.peft_type)} adapter (PEFT) for "
+        f"**{base_model or _display_name(values.llm_name_or_path)}**, and the tokenizer"
+        if adapter is not None
+        else "the full fine-tuned weights (safetensors) and the tokenizer"
+    )
+    names = (base_model, values.llm_name_or_path, llm_repo_id)
+    return {
+        "kind": llm_card_kind(*names, num_parameters=values.num_parameters),
+        "model_name": llm_repo_id.split("/")[-1],
+        "library_name": "peft" if adapter is not None else "transformers",
+        "pipeline_tag": "text-generation",
+        "base_model": base_model,
+        "tags": tags + (["peft", "lora"] if adapter is not None else []),
+        "weights_description": weights,
+        "load_llm_code": load_llm,
+        "prompt_builder_kwargs": builder_kwargs,
+        "prompt_template": values.prompt_template or DEFAULT_PROMPT_TEMPLATE,
+        "peft_section": _peft_section(adapter),
+    }
+
+
+def _retriever_fields(
+    config: Any, retriever_repo_id: str, retriever_base: str | None, tags: list[str]
+) -> dict[str, Any]:
+    """The retriever card's own fields (the licence apart), from its :class:`~jmlr_hf.JMLRRetrieverConfig`."""
+    encoder = config.encoder_config
+    return {
+        "kind": "jmlr-retriever",
+        "model_name": retriever_repo_id.split("/")[-1],
+        "library_name": "transformers",
+        "pipeline_tag": "sentence-similarity",
+        "base_model": retriever_base,
+        "tags": list(dict.fromkeys([*tags, "late-interaction", "sentence-similarity"])),
+        "dim": config.dim,
+        "query_length": config.query_length,
+        "query_max_length": config.max_query_tokens,
+        "document_length": config.document_length,
+        "similarity": config.similarity,
+        "encoder_type": encoder.model_type,
+        "encoder_hidden_size": encoder.hidden_size,
+    }
+
+
 # ---------------------------------------------------------------------- staging and pushing
 def prepare_hub_folders(
-    trainer: JMLRTrainer,
+    trainer: HubTrainer,
     staging_dir: str | os.PathLike,
     *,
     llm_repo_id: str | None = None,
@@ -388,7 +488,7 @@ def prepare_hub_folders(
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-    fields = card_fields(trainer, llm_repo_id, retriever_repo_id, **card_overrides)
+    fields = card_fields(trainer.card_values(), llm_repo_id, retriever_repo_id, **card_overrides)
     for folder, part in ((llm_dir, "llm"), (retriever_dir, "retriever")):
         card = render_model_card(fields[part]["kind"], **fields[part])
         (folder / CARD_NAME).write_text(card, encoding="utf-8")
@@ -397,7 +497,7 @@ def prepare_hub_folders(
 
 
 def push_jmlr_to_hub(
-    trainer: JMLRTrainer,
+    trainer: HubTrainer,
     commit_message: str | None = "End of training",
     private: bool | None = None,
     token: str | None = None,
@@ -484,9 +584,12 @@ def push_jmlr_to_hub(
 
 __all__ = [
     "CARD_KINDS",
+    "CardValues",
+    "HubTrainer",
     "card_fields",
     "joint_step_arguments",
     "llm_card_kind",
+    "optimization_arguments",
     "prepare_hub_folders",
     "push_jmlr_to_hub",
     "render_model_card",

@@ -1,11 +1,12 @@
 """The training recipe shared by ``jmlr train`` and ``examples/train_medqa.py``.
 
-Three dataclasses, parsed together by ``transformers.HfArgumentParser`` (the TRL / ``run_clm.py``
-habit): :class:`ModelArguments` (which LLM and retriever, attention, LoRA / QLoRA),
-:class:`DataArguments` (QA files, corpus, index) and :class:`~jmlr_hf.JMLRTrainingArguments`
-(every ``TrainingArguments`` field plus the joint step's). :func:`parse_args` reads a YAML config and
-lets command-line flags override it; :func:`run_training` loads everything, builds or loads the index,
-trains, saves and returns the :class:`~jmlr_hf.JMLRTrainer`::
+Three dataclasses, parsed together by :class:`~jmlr_hf.parsing.JMLRParser` (TRL's ``TrlParser``: a YAML
+``--config`` that command-line flags override, the ``trl sft`` habit): :class:`ModelArguments` (which LLM
+and retriever, attention, LoRA / QLoRA; TRL's ``ModelConfig`` spellings ``model_name_or_path``,
+``use_peft`` and ``torch_dtype`` work too), :class:`DataArguments` (QA files, corpus, index) and
+:class:`~jmlr_hf.JMLRTrainingArguments` (every ``TrainingArguments`` field plus the joint step's).
+:func:`parse_args` reads them; :func:`run_training` loads everything, builds or loads the index, trains,
+saves and returns the :class:`~jmlr_hf.JMLRTrainer`::
 
     from jmlr_hf.recipe import parse_args, run_training
 
@@ -13,28 +14,33 @@ trains, saves and returns the :class:`~jmlr_hf.JMLRTrainer`::
     trainer = run_training(model_args, data_args, training_args)
 
 What :func:`run_training` writes to ``output_dir``: the LLM (or its LoRA adapter) and tokenizer, the
-retriever in ``retriever/``, the index re-encoded with the trained retriever in ``index/`` (unless
-``save_index`` is false) and the prompt settings in ``jmlr_inference.json`` (``jmlr eval`` and
-``jmlr ask`` read them, so inference prompts are the training prompts).
+retriever in ``retriever/`` and the prompt settings in ``jmlr_inference.json`` (``jmlr eval`` and
+``jmlr ask`` read them, so inference prompts are the training prompts), and the index re-encoded with the
+trained retriever in ``index/`` (``save_index: false`` skips that re-encoding).
+
+This module imports neither torch nor transformers at import time: ``jmlr train --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import dataclasses
-import difflib
 import json
 import logging
 import os
-import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from .choices import DType, IndexBackend, QAFormat, invalid_choices
+from .layout import INFERENCE_FILE, read_inference_settings, write_inference_settings  # noqa: F401 (re-exported)
+from .parsing import JMLRParser, read_config  # noqa: F401 (read_config re-exported)
 
-from .trainer.arguments import JMLRTrainingArguments
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .trainer.arguments import JMLRTrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -43,24 +49,20 @@ __all__ = [
     "INFERENCE_FILE",
     "DataArguments",
     "ModelArguments",
+    "build_arg_parser",
     "build_or_load_index",
     "load_llm_and_tokenizer",
     "load_retriever",
     "load_training_data",
+    "lora_config",
     "parse_args",
     "run_training",
 ]
 
 #: The model name that means "the embedded default" (SmolLM2 / MiniLM), as does leaving it out.
 DEFAULT_MODEL = "default"
-#: Prompt settings written next to a trained model (read by ``jmlr eval`` / ``jmlr ask``).
-INFERENCE_FILE = "jmlr_inference.json"
 #: Seed of the new ColBERT head put on an encoder, so that "default" is the same retriever everywhere.
 HEAD_SEED = 0
-
-_DTYPES = ("auto", "bfloat16", "float16", "float32")
-_BACKENDS = ("auto", "exact", "faiss")
-_KEY_ALIASES = {"torch_dtype": "dtype", "model_name_or_path": "llm_name_or_path"}
 
 
 def is_default(name: str | os.PathLike | None) -> bool:
@@ -68,77 +70,88 @@ def is_default(name: str | os.PathLike | None) -> bool:
     return name is None or str(name).strip().lower() in ("", DEFAULT_MODEL)
 
 
+def option(default: Any = dataclasses.MISSING, help: str = "", **metadata: Any) -> Any:
+    """A dataclass field that ``JMLRParser`` shows as ``--name`` with ``help`` (``aliases`` / ``metavar`` in
+    ``metadata``); a callable ``default`` is a default factory, no default makes the option required."""
+    if default is dataclasses.MISSING:
+        return field(metadata={"help": help, **metadata})
+    if callable(default):
+        return field(default_factory=default, metadata={"help": help, **metadata})
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+def index_backend_option() -> Any:
+    """The index backend option (``jmlr train``'s ``index_backend``, ``jmlr index --backend``)."""
+    return option("auto", "Index backend: faiss (auto: from 2,048 passages on) or exact brute-force MaxSim.")
+
+
+def chunk_tokens_option() -> Any:
+    """Passage length of the chunker, in retriever tokens."""
+    return option(150, "Passage length in retriever tokens.")
+
+
+def chunk_overlap_option() -> Any:
+    """Overlap of consecutive passages, in retriever tokens."""
+    return option(32, "Overlap of consecutive passages, in retriever tokens.")
+
+
 @dataclass
 class ModelArguments:
     """Which LLM and retriever to train, and how to load them."""
 
-    llm_name_or_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "Causal LM (Hub id or folder); omitted or 'default': the embedded SmolLM2-135M-Instruct."
-        },
+    llm_name_or_path: str | None = option(
+        None,
+        "Causal LM (Hub id or folder); omitted or 'default': the embedded SmolLM2-135M-Instruct.",
+        aliases=["--model_name_or_path", "--model-name-or-path"],
     )
-    retriever_name_or_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "Retriever: a JMLR / Stanford ColBERT / PyLate checkpoint, or a plain BERT-like encoder "
-            "(a new ColBERT head is put on it); a folder written by JMLRTrainer (with retriever/) works too. "
-            "Omitted or 'default': the embedded all-MiniLM-L6-v2 with a new head."
-        },
+    retriever_name_or_path: str | None = option(
+        None,
+        "Retriever: a JMLR / Stanford ColBERT / PyLate checkpoint, or a plain BERT-like encoder (a new ColBERT "
+        "head is put on it); a folder written by JMLRTrainer (with retriever/) works too. Omitted or "
+        "'default': the embedded all-MiniLM-L6-v2 with a new head.",
     )
-    retriever_dim: int = field(
-        default=128, metadata={"help": "Token-vector size of a new ColBERT head (plain encoders only)."}
+    retriever_dim: int = option(128, "Token-vector size of a new ColBERT head (plain encoders only).")
+    attn_implementation: str | None = option(
+        None, "LLM attention: 's2_attn' (LongLoRA's Shifted Sparse Attention), 'sdpa', 'eager', ..."
     )
-    attn_implementation: str | None = field(
-        default=None,
-        metadata={
-            "help": "LLM attention: 's2_attn' (LongLoRA's Shifted Sparse Attention), 'sdpa', 'eager', ..."
-        },
+    s2_group_size_ratio: float = option(0.25, "S2-Attn group size as a fraction of the sequence length.")
+    context_length: int | None = option(
+        None,
+        "Extend the LLM's context to this many tokens the LongLoRA way (linear RoPE scaling); nothing "
+        "changes when it fits already.",
     )
-    s2_group_size_ratio: float = field(
-        default=0.25, metadata={"help": "S2-Attn group size as a fraction of the sequence length."}
+    dtype: DType | None = option(
+        None,
+        "dtype the LLM weights are loaded in (default: the checkpoint's). Mixed precision is "
+        "TrainingArguments' bf16 / fp16.",
+        aliases=["--torch_dtype", "--torch-dtype"],
     )
-    context_length: int | None = field(
-        default=None,
-        metadata={
-            "help": "Extend the LLM's context to this many tokens the LongLoRA way (linear RoPE scaling); "
-            "nothing changes when it fits already."
-        },
+    use_lora: bool = option(
+        False, "Train LoRA adapters on the LLM (PEFT).", aliases=["--use_peft", "--use-peft"]
     )
-    dtype: str | None = field(
-        default=None,
-        metadata={
-            "help": "dtype the LLM weights are loaded in: auto, bfloat16, float16 or float32 (default: the "
-            "checkpoint's). Mixed precision is TrainingArguments' bf16 / fp16.",
-            "aliases": ["--torch_dtype", "--torch-dtype"],
-        },
+    lora_r: int = option(16, "LoRA rank.")
+    lora_alpha: int = option(32, "LoRA alpha.")
+    lora_dropout: float = option(0.05, "LoRA dropout.")
+    lora_target_modules: list[str] = option(
+        lambda: ["all-linear"],
+        "Modules that get LoRA adapters ('all-linear' or names such as q_proj v_proj).",
     )
-    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters on the LLM (PEFT)."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["all-linear"],
-        metadata={"help": "Modules that get LoRA adapters ('all-linear' or names such as q_proj v_proj)."},
+    lora_train_embeddings_and_norms: bool = option(
+        False,
+        "Also train (and save) the embeddings and norm layers beside LoRA, as LongLoRA does for long contexts.",
     )
-    lora_train_embeddings_and_norms: bool = field(
-        default=False,
-        metadata={
-            "help": "Also train (and save) the embeddings and norm layers beside LoRA, as LongLoRA does for "
-            "long contexts."
-        },
-    )
-    load_in_4bit: bool = field(
-        default=False,
-        metadata={"help": "QLoRA: load the LLM in 4-bit NF4 with bitsandbytes (CUDA; needs use_lora)."},
+    load_in_4bit: bool = option(
+        False, "QLoRA: load the LLM in 4-bit NF4 with bitsandbytes (CUDA; needs use_lora)."
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.lora_target_modules, str):
-            self.lora_target_modules = [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
-        problems = []
-        if self.dtype is not None and self.dtype not in _DTYPES:
-            problems.append(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+        modules = (
+            [self.lora_target_modules]
+            if isinstance(self.lora_target_modules, str)
+            else self.lora_target_modules
+        )
+        self.lora_target_modules = [m.strip() for item in modules for m in item.split(",") if m.strip()]
+        problems = invalid_choices(self)
         if not 0 < self.s2_group_size_ratio <= 1:
             problems.append(f"s2_group_size_ratio must be in (0, 1], got {self.s2_group_size_ratio}")
         if self.load_in_4bit and not self.use_lora:
@@ -153,108 +166,57 @@ class ModelArguments:
             raise ValueError("Invalid ModelArguments: " + "; ".join(problems))
 
 
+_SOURCES = ("train_file", "dataset_name", "corpus_files", "corpus_dataset_name", "index_path")
+
+
 @dataclass
 class DataArguments:
     """Training data (QA rows), the retrieval corpus and its index."""
 
-    demo: bool = field(
-        default=False,
-        metadata={
-            "help": "Train on the bundled synthetic demo task (fictional guidelines; not medical advice) "
-            "instead of train_file / corpus_files."
-        },
+    demo: bool = option(
+        False,
+        "Train on the bundled synthetic demo task (fictional guidelines; not medical advice) instead of "
+        "train_file / corpus_files.",
     )
-    demo_num_facts: int = field(
-        default=120, metadata={"help": "Facts (guideline passages) of the demo task."}
+    demo_num_facts: int = option(120, "Facts (guideline passages) of the demo task.")
+    demo_questions_per_fact: int = option(2, "Questions per demo fact.")
+    train_file: str | None = option(None, "QA file to train on (.jsonl, .json or .parquet).")
+    dataset_name: str | None = option(
+        None, "A Hub dataset to train on instead of train_file (datasets.load_dataset)."
     )
-    demo_questions_per_fact: int = field(default=2, metadata={"help": "Questions per demo fact."})
-    train_file: str | None = field(
-        default=None, metadata={"help": "QA file to train on (.jsonl, .json or .parquet)."}
+    dataset_config_name: str | None = option(None, "Config of dataset_name.")
+    train_split: str | None = option(
+        None, "Split to train on when the source holds several (Hub datasets: default 'train')."
     )
-    dataset_name: str | None = field(
-        default=None,
-        metadata={"help": "A Hub dataset to train on instead of train_file (datasets.load_dataset)."},
+    data_format: QAFormat = option("qa", "Layout of the QA rows ('qa': the jmlr-hf schema).")
+    eval_file: str | None = option(None, "QA file for the Trainer's evaluation loop (joint loss).")
+    eval_split: str | None = option(None, "Split of eval_file / dataset_name.")
+    skip_bad_rows: bool = option(False, "Drop malformed QA rows with a warning instead of stopping.")
+    max_train_samples: int | None = option(None, "Train on the first N rows only.")
+    max_eval_samples: int | None = option(None, "Evaluate on the first N rows only.")
+    corpus_files: list[str] | None = option(
+        None, "Corpus files of {id, title, text} rows (.jsonl[.gz], .json, .parquet); ids unique."
     )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Config of dataset_name."})
-    train_split: str | None = field(
-        default=None,
-        metadata={"help": "Split to train on when the source holds several (Hub datasets: default 'train')."},
+    corpus_dataset_name: str | None = option(
+        None, "A Hub corpus (e.g. epfl-llm/guidelines, gated) instead of / beside corpus_files."
     )
-    data_format: str = field(
-        default="qa",
-        metadata={
-            "help": "Layout of the QA rows: 'qa' (the jmlr-hf schema), 'medqa', 'medmcqa', 'mmlu' or 'pubmedqa'."
-        },
+    corpus_split: str = option("train", "Split of corpus_dataset_name.")
+    index_path: str | None = option(
+        None, "Load this saved index (from `jmlr index`) instead of building one from the corpus."
     )
-    eval_file: str | None = field(
-        default=None, metadata={"help": "QA file for the Trainer's evaluation loop (joint loss)."}
-    )
-    eval_split: str | None = field(default=None, metadata={"help": "Split of eval_file / dataset_name."})
-    skip_bad_rows: bool = field(
-        default=False, metadata={"help": "Drop malformed QA rows with a warning instead of stopping."}
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N rows only."})
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Evaluate on the first N rows only."}
-    )
-    corpus_files: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "Corpus files of {id, title, text} rows (.jsonl[.gz], .json, .parquet); ids unique."
-        },
-    )
-    corpus_dataset_name: str | None = field(
-        default=None,
-        metadata={"help": "A Hub corpus (e.g. epfl-llm/guidelines, gated) instead of / beside corpus_files."},
-    )
-    corpus_split: str = field(default="train", metadata={"help": "Split of corpus_dataset_name."})
-    index_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "Load this saved index (from `jmlr index`) instead of building one from the corpus."
-        },
-    )
-    index_backend: str = field(default="auto", metadata={"help": "Index backend: auto, exact or faiss."})
-    chunk_tokens: int = field(default=150, metadata={"help": "Passage length in retriever tokens."})
-    chunk_overlap: int = field(default=32, metadata={"help": "Overlap of consecutive passages, in tokens."})
-    save_index: bool = field(
-        default=True,
-        metadata={
-            "help": "After training, re-encode the index with the trained retriever and save it to output_dir/index."
-        },
+    index_backend: IndexBackend = index_backend_option()
+    chunk_tokens: int = chunk_tokens_option()
+    chunk_overlap: int = chunk_overlap_option()
+    save_index: bool = option(
+        True,
+        "After training, re-encode the index with the trained retriever and save it to output_dir/index "
+        "(false: skip that re-encoding, e.g. 16 minutes for 6,439 passages on 2 CPU cores).",
     )
 
     def __post_init__(self) -> None:
-        from .data.qa import QA_FORMATS
-
         if isinstance(self.corpus_files, str):
             self.corpus_files = [self.corpus_files]
-        problems = []
-        if self.data_format not in QA_FORMATS:
-            problems.append(f"data_format must be one of {', '.join(QA_FORMATS)}, got {self.data_format!r}")
-        if self.index_backend not in _BACKENDS:
-            problems.append(
-                f"index_backend must be one of {', '.join(_BACKENDS)}, got {self.index_backend!r}"
-            )
-        if self.demo:
-            clash = [
-                n
-                for n in ("train_file", "dataset_name", "corpus_files", "corpus_dataset_name", "index_path")
-                if getattr(self, n)
-            ]
-            if clash:
-                problems.append(f"demo uses the synthetic task: drop {', '.join(clash)}")
-        else:
-            if not self.train_file and not self.dataset_name:
-                problems.append("give train_file or dataset_name (or demo: true)")
-            if self.train_file and self.dataset_name:
-                problems.append("give train_file or dataset_name, not both")
-            if not (self.corpus_files or self.corpus_dataset_name or self.index_path):
-                problems.append("give corpus_files, corpus_dataset_name or index_path (the retrieval corpus)")
-            if self.index_path and (self.corpus_files or self.corpus_dataset_name):
-                problems.append(
-                    "index_path already holds the corpus: drop corpus_files / corpus_dataset_name"
-                )
+        problems = invalid_choices(self) + self._source_problems()
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -262,55 +224,33 @@ class DataArguments:
         if problems:
             raise ValueError("Invalid DataArguments: " + "; ".join(problems))
 
+    def _source_problems(self) -> list[str]:
+        """What is wrong with the choice of QA data and corpus (one source of each)."""
+        if self.demo:
+            clash = [name for name in _SOURCES if getattr(self, name)]
+            return [f"demo uses the synthetic task: drop {', '.join(clash)}"] if clash else []
+        problems = []
+        if not self.train_file and not self.dataset_name:
+            problems.append("give train_file or dataset_name (or demo: true)")
+        if self.train_file and self.dataset_name:
+            problems.append("give train_file or dataset_name, not both")
+        if not (self.corpus_files or self.corpus_dataset_name or self.index_path):
+            problems.append("give corpus_files, corpus_dataset_name or index_path (the retrieval corpus)")
+        if self.index_path and (self.corpus_files or self.corpus_dataset_name):
+            problems.append("index_path already holds the corpus: drop corpus_files / corpus_dataset_name")
+        return problems
+
 
 # ---------------------------------------------------------------------------------------------------
 # Parsing
 # ---------------------------------------------------------------------------------------------------
 
-_DATACLASSES = (ModelArguments, DataArguments, JMLRTrainingArguments)
 
+def build_arg_parser(prog: str | None = None, **kwargs: Any) -> JMLRParser:
+    """The :class:`~jmlr_hf.parsing.JMLRParser` over ModelArguments, DataArguments and JMLRTrainingArguments."""
+    from .trainer.arguments import JMLRTrainingArguments
 
-def _field_names() -> dict[str, str]:
-    return {f.name: cls.__name__ for cls in _DATACLASSES for f in dataclasses.fields(cls) if f.init}
-
-
-def read_config(config_file: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML config into ``{field: value}``; errors name the file and the offending key."""
-    import yaml
-
-    path = Path(config_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: invalid YAML ({err})") from err
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config must be a mapping of option: value, got {type(data).__name__}")
-    known = _field_names()
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        name = _KEY_ALIASES.get(str(key), str(key))
-        if name not in known:
-            close = difflib.get_close_matches(name, list(known), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(
-                f"{path}: unknown key {key!r} (not a ModelArguments, DataArguments or JMLRTrainingArguments "
-                f"field){hint}"
-            )
-        if name in values:
-            raise ValueError(f"{path}: {key!r} is given twice (as {name!r} and an alias)")
-        values[name] = value
-    return values
-
-
-def build_arg_parser(prog: str | None = None):
-    """The ``HfArgumentParser`` over ModelArguments, DataArguments and JMLRTrainingArguments."""
-    from transformers import HfArgumentParser
-
-    return HfArgumentParser(_DATACLASSES, prog=prog)
+    return JMLRParser((ModelArguments, DataArguments, JMLRTrainingArguments), prog=prog, **kwargs)
 
 
 def parse_args(
@@ -319,38 +259,17 @@ def parse_args(
     """Parse a YAML config (``config_file`` or ``--config`` in ``argv``) with command-line overrides.
 
     Flags on the command line win over the config's values (``--max_steps 2``, ``--bf16 false``,
-    ``--lora_target_modules q_proj v_proj``). Unknown config keys raise ``ValueError`` naming the key and
-    the file, unknown flags ``ValueError`` naming the flag; a value argparse cannot convert exits with its
-    usage error (status 2).
+    ``--lora_target_modules q_proj v_proj``). Config values are parsed as their flags would be. A bad or
+    unknown config key raises ``ValueError`` naming the key and the file, an unknown flag ``ValueError``
+    naming the flag and the closest real one; a flag value argparse cannot convert exits with its usage
+    error (status 2).
 
     Returns:
         ``(model_args, data_args, training_args)``.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--config")
-    known, argv = pre.parse_known_args(argv)
-    config_file = known.config or config_file
-    parser = build_arg_parser(prog)
-    if config_file is not None:
-        values = read_config(config_file)
-        for action in parser._actions:
-            if action.dest in values:
-                action.required = False
-        parser.set_defaults(**values)
-    try:
-        model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
-            args=argv, look_for_args_file=False, return_remaining_strings=True
-        )
-    except ValueError as err:
-        where = f" (config {config_file})" if config_file else ""
-        raise ValueError(f"{err}{where}") from err
-    if unknown:
-        flags = [a for a in unknown if a.startswith("--")]
-        known = [f"--{name}" for name in _field_names()]
-        close = difflib.get_close_matches(flags[0].split("=")[0], known, n=1) if flags else []
-        hint = f"; did you mean {close[0]}?" if close else ""
-        raise ValueError(f"unknown command-line argument(s) {' '.join(unknown)}{hint}")
+    model_args, data_args, training_args = build_arg_parser(prog).parse_args_and_config(
+        argv, config_file=config_file
+    )
     return model_args, data_args, training_args
 
 
@@ -368,29 +287,51 @@ def load_retriever(name_or_path: str | os.PathLike | None = None, dim: int = 128
     New heads are seeded (:data:`HEAD_SEED`) so that the same name gives the same retriever in every
     process and command (an index built with ``--retriever default`` loads with ``default`` later).
     """
+    from .layout import RETRIEVER_DIR
     from .retriever import JMLRRetriever
-    from .trainer.trainer import RETRIEVER_DIR
 
     if is_default(name_or_path):
         from .models import load_default_retriever
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(HEAD_SEED)
-            return load_default_retriever(dim=dim)
+        return _with_seeded_head(load_default_retriever, dim=dim)
     path = str(name_or_path)
     if os.path.isdir(os.path.join(path, RETRIEVER_DIR)) and _is_jmlr_model_dir(path):
         path = os.path.join(path, RETRIEVER_DIR)
     elif not os.path.exists(path) and _looks_like_local_path(path):
         raise FileNotFoundError(f"retriever not found: {path}")
     try:
-        return JMLRRetriever.from_pretrained(path)
+        with weights_errors_named(path):
+            return JMLRRetriever.from_pretrained(path)
     except ValueError as err:
         if "plain encoder" not in str(err):
             raise
         logger.info("%s is a plain encoder: putting a new ColBERT head (dim %d) on it", path, dim)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(HEAD_SEED)
-            return JMLRRetriever.from_encoder(path, dim=dim)
+        with weights_errors_named(path):
+            return _with_seeded_head(JMLRRetriever.from_encoder, path, dim=dim)
+
+
+@contextlib.contextmanager
+def weights_errors_named(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise safetensors' errors, which name no file, as ``ValueError`` naming the weights of ``path``."""
+    try:
+        yield
+    except Exception as err:
+        from safetensors import SafetensorError
+
+        if not isinstance(err, SafetensorError):
+            raise
+        files = sorted(Path(path).glob("*.safetensors")) if os.path.isdir(path) else []
+        where = ", ".join(map(str, files)) or str(path)
+        raise ValueError(f"{where}: cannot be read, the weights are truncated or corrupt ({err})") from err
+
+
+def _with_seeded_head(load: Any, *args: Any, **kwargs: Any) -> Any:
+    """``load(*args, **kwargs)`` with the global RNG seeded by :data:`HEAD_SEED` (and restored after)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(HEAD_SEED)
+        return load(*args, **kwargs)
 
 
 def _looks_like_local_path(path: str) -> bool:
@@ -410,6 +351,8 @@ def _is_jmlr_model_dir(path: str) -> bool:
 def _torch_dtype(name: str | None) -> Any:
     if name is None or name == "auto":
         return name
+    import torch
+
     return getattr(torch, name)
 
 
@@ -435,13 +378,14 @@ def load_llm_and_tokenizer(model_args: ModelArguments, training_args: JMLRTraini
         )
     )
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = load_llm(
-        path,
-        quantization="4bit" if model_args.load_in_4bit else None,
-        attn_implementation=model_args.attn_implementation,
-        dtype=_torch_dtype(model_args.dtype),
-        gradient_checkpointing=checkpointing,
-    )
+    with weights_errors_named(path):
+        model = load_llm(
+            path,
+            quantization="4bit" if model_args.load_in_4bit else None,
+            attn_implementation=model_args.attn_implementation,
+            dtype=_torch_dtype(model_args.dtype),
+            gradient_checkpointing=checkpointing,
+        )
     if model_args.attn_implementation == "s2_attn":
         configure_s2_attn(model, group_size_ratio=model_args.s2_group_size_ratio)
     if model_args.context_length:
@@ -452,27 +396,32 @@ def load_llm_and_tokenizer(model_args: ModelArguments, training_args: JMLRTraini
 
 
 def lora_config(model_args: ModelArguments, model: torch.nn.Module):
-    """The ``peft.LoraConfig`` for ``model`` (``None`` without ``use_lora``)."""
+    """The ``peft.LoraConfig`` for ``model`` (``None`` without ``use_lora``), made by TRL's ``get_peft_config``.
+
+    ``lora_train_embeddings_and_norms`` becomes ``modules_to_save`` (the model's embedding and norm layers).
+    """
     if not model_args.use_lora:
         return None
-    from peft import LoraConfig
+    from trl import ModelConfig, get_peft_config
 
     from .attention import embedding_and_norm_module_names
 
-    targets: str | list[str] = model_args.lora_target_modules
-    if targets == ["all-linear"]:
-        targets = "all-linear"
     modules_to_save = (
         embedding_and_norm_module_names(model) if model_args.lora_train_embeddings_and_norms else None
     )
-    return LoraConfig(
-        r=model_args.lora_r,
+    config = ModelConfig(
+        use_peft=True,
+        lora_r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha,
         lora_dropout=model_args.lora_dropout,
-        target_modules=targets,
-        modules_to_save=modules_to_save,
-        task_type="CAUSAL_LM",
+        lora_modules_to_save=modules_to_save,
+        lora_task_type="CAUSAL_LM",
     )
+    # Set after ModelConfig.__post_init__, which turns a one-item list into a string: PEFT would read
+    # ["q_proj"] as the regex "q_proj" matching whole module names only.
+    targets = model_args.lora_target_modules
+    config.lora_target_modules = "all-linear" if targets == ["all-linear"] else list(targets)
+    return get_peft_config(config)
 
 
 def load_training_data(data_args: DataArguments, seed: int = 0):
@@ -549,11 +498,12 @@ def build_or_load_index(
     data_args: DataArguments, corpus: Any, retriever: Any, show_progress_bar: bool | None = None
 ):
     """Load ``index_path`` for ``retriever`` (re-encoded when it was built with other weights), or build
-    the index over ``corpus``."""
+    the index over ``corpus``; logs what it does (encoding is the slow part on a CPU)."""
     from .retriever import DocumentIndex
 
     if data_args.index_path:
         index = DocumentIndex.load(data_args.index_path, retriever, allow_stale=True)
+        logger.info("Loaded the index %s: %d passages", data_args.index_path, len(index))
         if index.is_stale:
             logger.warning(
                 "%s was encoded with other retriever weights: re-encoding %d passages",
@@ -562,7 +512,13 @@ def build_or_load_index(
             )
             index.refresh(retriever, show_progress_bar=show_progress_bar)
         return index
-    return DocumentIndex.build(
+    logger.info(
+        "Building the index the joint step retrieves from: %d documents chunked into passages of %d "
+        "retriever tokens, each encoded by the retriever",
+        len(corpus),
+        data_args.chunk_tokens,
+    )
+    return DocumentIndex.build(  # logs how many passages it indexed, and how long that took
         corpus,
         retriever,
         backend=data_args.index_backend,
@@ -602,32 +558,6 @@ def _resume_checkpoint(training_args: JMLRTrainingArguments) -> str | None:
     return last
 
 
-def write_inference_settings(output_dir: str, training_args: JMLRTrainingArguments) -> None:
-    """Write the prompt settings ``jmlr eval`` / ``jmlr ask`` reuse (``output_dir/jmlr_inference.json``)."""
-    settings = {
-        "prompt_template": training_args.prompt_template,
-        "max_context_tokens": training_args.max_context_tokens,
-        "num_context_docs": training_args.num_context_docs,
-    }
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, INFERENCE_FILE), "w", encoding="utf-8") as f:
-        json.dump(settings, f, indent=2)
-        f.write("\n")
-
-
-def read_inference_settings(model_dir: str | os.PathLike | None) -> dict[str, Any]:
-    """The prompt settings saved by :func:`run_training` in ``model_dir`` ({} when there are none)."""
-    if model_dir is None:
-        return {}
-    path = Path(model_dir) / INFERENCE_FILE
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON ({err})") from err
-
-
 def run_training(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -647,7 +577,6 @@ def run_training(
     from transformers import set_seed
 
     from .trainer import JMLRTrainer
-    from .trainer.trainer import INDEX_DIR
 
     set_seed(training_args.seed)
     checkpoint = _resume_checkpoint(training_args)
@@ -655,8 +584,10 @@ def run_training(
     logger.info(
         "Training on %d QA rows%s", len(train), f", evaluating on {len(evaluation)}" if evaluation else ""
     )
+    logger.info("Loading the retriever %s", model_args.retriever_name_or_path or DEFAULT_MODEL)
     retriever = load_retriever(model_args.retriever_name_or_path, dim=model_args.retriever_dim)
     index = build_or_load_index(data_args, corpus, retriever)
+    logger.info("Loading the LLM %s", model_args.llm_name_or_path or DEFAULT_MODEL)
     model, tokenizer = load_llm_and_tokenizer(model_args, training_args)
     trainer = JMLRTrainer(
         model=model,
@@ -670,19 +601,24 @@ def run_training(
         callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model()
+    trainer.save_model()  # the LLM, retriever/ and jmlr_inference.json
     if trainer.is_world_process_zero():
-        output_dir = training_args.output_dir
         trainer.save_state()  # trainer_state.json: the log history of the run
-        write_inference_settings(output_dir, training_args)
         if data_args.save_index:
-            if trainer.index.is_stale:
-                logger.info(
-                    "Re-encoding the index (%d passages) with the trained retriever so that %s matches it "
-                    "(save_index: false skips this)",
-                    len(trainer.index),
-                    os.path.join(output_dir, INDEX_DIR),
-                )
-                trainer.index.refresh(trainer.index.retriever, show_progress_bar=True)
-            trainer.index.save(os.path.join(output_dir, INDEX_DIR))
+            _save_index(trainer, training_args.output_dir)
     return trainer
+
+
+def _save_index(trainer: Any, output_dir: str) -> None:
+    """``output_dir/index``: the index, re-encoded first when the trained retriever changed since its last refresh."""
+    from .layout import INDEX_DIR
+
+    if trainer.index.is_stale:
+        logger.info(
+            "Re-encoding the index (%d passages) with the trained retriever so that %s matches it "
+            "(save_index: false skips this)",
+            len(trainer.index),
+            os.path.join(output_dir, INDEX_DIR),
+        )
+        trainer.index.refresh(trainer.index.retriever, show_progress_bar=True)
+    trainer.index.save(os.path.join(output_dir, INDEX_DIR))

@@ -27,3 +27,5 @@ __all__ = [
     "resolve_group_size",
     "s2_attention_forward",
 ]
+
+register_s2_attn()  # importing the package registers "s2_attn" (idempotent)

@@ -33,25 +33,52 @@ def _first(row: Mapping[str, Any], fields: Iterable[str]) -> Any:
     return None
 
 
+def read_text_file(path: Path) -> str:
+    """The text of a UTF-8 file (``.gz``: gunzipped first); a file that is not UTF-8 or not gzip raises
+    ``ValueError`` naming it, the line and the byte."""
+    import gzip
+
+    try:
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (gzip.BadGzipFile, EOFError) as err:
+        raise ValueError(f"{path}: not a complete gzip file ({err})") from err
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{path}, line {line}: byte {data[err.start]:#04x} at offset {err.start} is not UTF-8 "
+            "(save the file as UTF-8)"
+        ) from None
+
+
+def read_parquet_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a Parquet file; a truncated or corrupt one raises ``ValueError`` naming it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(str(path)).to_pylist()
+    except pa.ArrowException as err:
+        raise ValueError(f"{path}: not a readable Parquet file ({err})") from err
+
+
 def _read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"Corpus file not found: {path}")
     suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
     if suffix in (".jsonl", ".jsonl.gz"):
-        import gzip
-
-        opener = gzip.open if suffix.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            return parse_json_lines(f.read(), path)[0]
+        return parse_json_lines(read_text_file(path), path)[0]
     if suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(read_text_file(path))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: invalid JSON ({err})") from err
         if not isinstance(data, list):
             raise ValueError(f"{path}: a .json corpus must hold a list of {{id, title, text}} objects")
         return data
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(str(path)).to_pylist()
+        return read_parquet_rows(path)
     raise ValueError(f"{path}: unsupported corpus format {suffix!r} (use .jsonl, .json or .parquet)")
 
 

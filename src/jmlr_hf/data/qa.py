@@ -34,7 +34,7 @@ from typing import Any, TypedDict
 
 from datasets import Dataset, DatasetDict, Features, Value
 
-from .corpus import parse_json_lines
+from .corpus import parse_json_lines, read_parquet_rows, read_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -657,8 +657,7 @@ def load_mirage(path: str | os.PathLike[str], datasets: Sequence[str] | None = N
     if not path.is_file():
         raise FileNotFoundError(f"MIRAGE benchmark file not found: {path} (expected MedRAG's benchmark.json)")
     try:
-        with path.open(encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = json.loads(read_text_file(path))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(data, Mapping) or not all(isinstance(v, Mapping) for v in data.values()):
@@ -715,13 +714,11 @@ def _read_rows(path: Path, split: str | None) -> tuple[list[Any], list[str]]:
         raise FileNotFoundError(f"QA file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(path).to_pylist()
+        rows = read_parquet_rows(path)
     elif suffix == ".jsonl":
-        return parse_json_lines(path.read_text(encoding="utf-8"), path)
+        return parse_json_lines(read_text_file(path), path)
     elif suffix == ".json":
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError:

@@ -1,6 +1,6 @@
 """Multiple-choice accuracy of a causal LLM, closed-book or with retrieved passages.
 
-The prompt is exactly the training prompt (:class:`~jmlr_hf.trainer.PromptBuilder`), so a model
+The prompt is exactly the training prompt (:class:`~jmlr_hf.prompting.PromptBuilder`), so a model
 trained by :class:`~jmlr_hf.JMLRTrainer` is evaluated the way it was trained. Two ways to read the
 model's choice:
 
@@ -26,8 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.qa import answer_letters, validate_qa_dataset
-from ..trainer.arguments import DEFAULT_MAX_CONTEXT_TOKENS
-from ..trainer.collator import PromptBuilder
+from ..prompting import DEFAULT_MAX_CONTEXT_TOKENS, PromptBuilder
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.qa import format_target, validate_qa_dataset
+from ..prompting import DEFAULT_MAX_CONTEXT_TOKENS, PromptBuilder
 from ..retriever import DocumentIndex
-from ..trainer.arguments import DEFAULT_MAX_CONTEXT_TOKENS
-from ..trainer.collator import PromptBuilder, answer_nll, eval_mode, passage_utility_nll
-from ..trainer.losses import kendall_tau
+from ..scoring import answer_nll, eval_mode, passage_utility_nll
+from .metrics import kendall_tau
 
 __all__ = ["rag_answer_nll", "recall_at_k", "retrieve_passages", "retriever_llm_agreement"]
 

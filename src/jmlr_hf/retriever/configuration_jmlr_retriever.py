@@ -25,12 +25,22 @@ class JMLRRetrieverConfig(PretrainedConfig):
             ColBERT and PyLate checkpoints load with their own ``query_maxlen`` here (32 for most), which
             keeps their behaviour exact; ``JMLRTrainingArguments.retriever_query_max_length`` raises it.
         document_length (`int`, defaults to 180): documents are truncated to this many tokens.
-        query_marker (`str`, defaults to ``"[unused0]"``): token inserted after ``[CLS]`` in queries ([Q]).
-        document_marker (`str`, defaults to ``"[unused1]"``): token inserted after ``[CLS]`` in documents ([D]).
+        query_marker (`str`, defaults to ``"[unused0]"``): token inserted after ``[CLS]`` in queries ([Q]);
+            ``""`` inserts none (PyLate's empty ``query_prefix``).
+        document_marker (`str`, defaults to ``"[unused1]"``): token inserted after ``[CLS]`` in documents ([D]);
+            ``""`` inserts none.
         query_expansion (`bool`, defaults to `True`): pad queries with the mask token to ``query_length``.
         attend_to_expansion_tokens (`bool`, defaults to `False`): whether the encoder attends to the
             expansion tokens (ColBERTv2's ``attend_to_mask_tokens``); their vectors are scored either way.
-        skiplist (`list[str]`, defaults to the ASCII punctuation): document tokens whose vectors are dropped.
+        skiplist (`list[str]`, defaults to the ASCII punctuation): document tokens whose vectors are dropped:
+            a word that is a vocabulary token drops that token; any other word drops the first piece the
+            tokenizer splits it into (Stanford ColBERT's rule).
+        projection_layers (`list[dict]`, *optional*): the projection as a chain of dense layers, for PyLate
+            models whose projection is more than one bias-free linear map. Each entry is
+            ``{"out_features": int, "bias": bool, "activation": str, "residual": bool}`` (``activation``: the name
+            of a ``torch.nn`` module built without arguments, e.g. ``"Identity"``, ``"Tanh"``, ``"GELU"``;
+            ``residual`` adds the layer's input, through a bias-free linear map when the sizes differ). The last
+            ``out_features`` must be ``dim``. ``None`` (the default): one bias-free linear map to ``dim``.
         similarity (`str`, defaults to ``"maxsim"``): the only supported late-interaction similarity.
     """
 
@@ -48,6 +58,7 @@ class JMLRRetrieverConfig(PretrainedConfig):
     attend_to_expansion_tokens: bool = False
     skiplist: list[str] | None = None
     similarity: str = "maxsim"
+    projection_layers: list[dict] | None = None
 
     @property
     def max_query_tokens(self) -> int:
@@ -69,6 +80,11 @@ class JMLRRetrieverConfig(PretrainedConfig):
             )
         if self.query_max_length is not None and self.query_max_length < 3:
             raise ValueError(f"query_max_length must be at least 3 (or None), got {self.query_max_length}")
+        if self.projection_layers is not None:
+            if not self.projection_layers or int(self.projection_layers[-1]["out_features"]) != self.dim:
+                raise ValueError(
+                    f"projection_layers must end with out_features == dim ({self.dim}), got {self.projection_layers}"
+                )
         if self.similarity != "maxsim":
             raise ValueError(
                 f"similarity must be 'maxsim' (ColBERT late interaction), got {self.similarity!r}"

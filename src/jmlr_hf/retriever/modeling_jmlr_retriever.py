@@ -126,10 +126,23 @@ class JMLRRetriever(PreTrainedModel):
     sentence-transformers ColBERT folders.
 
     Example:
-        >>> retriever = JMLRRetriever.from_encoder("sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
-        >>> q = retriever.encode_queries(["first-line therapy for hypertension"])  # doctest: +SKIP
-        >>> d = retriever.encode_documents(["Thiazides are first-line ..."])  # doctest: +SKIP
-        >>> retriever.score(q, d)  # doctest: +SKIP
+        A new ColBERT head on the embedded all-MiniLM-L6-v2 (offline; ``from_encoder`` takes any BERT-like
+        encoder's Hub id or folder, e.g. ``"sentence-transformers/all-MiniLM-L6-v2"``):
+
+        >>> import torch
+        >>> from jmlr_hf.models import default_encoder_path
+        >>> _ = torch.manual_seed(0)
+        >>> retriever = JMLRRetriever.from_encoder(default_encoder_path(), dim=128)
+        >>> q = retriever.encode_queries(["first-line therapy for hypertension"], precision="fp32")
+        >>> d = retriever.encode_documents(
+        ...     ["Thiazide diuretics are first-line therapy for hypertension.", "Metformin treats diabetes."],
+        ...     precision="fp32",
+        ... )
+        >>> q.embeddings.shape  # [queries, query_length tokens, dim]
+        torch.Size([1, 32, 128])
+        >>> scores = retriever.score(q, d)  # MaxSim, [queries, documents]
+        >>> scores.shape, bool(scores[0, 0] > scores[0, 1])
+        (torch.Size([1, 2]), True)
     """
 
     config_class = JMLRRetrieverConfig
@@ -144,9 +157,42 @@ class JMLRRetriever(PreTrainedModel):
         super().__init__(config, *inputs, **kwargs)
         self.encoder = AutoModel.from_config(config.encoder_config)
         self.linear = nn.Linear(config.encoder_config.hidden_size, config.dim, bias=False)
+        if config.projection_layers is not None:
+            self._build_projection_chain(config.encoder_config.hidden_size, config.projection_layers)
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self._skiplist_ids: torch.Tensor | None = None
         self.post_init()
+
+    def _build_projection_chain(self, in_features: int, layers: list[dict]) -> None:
+        """``config.projection_layers``: layer 0 is ``self.linear``, the others ``extra_projections``."""
+        self.projection_activations = nn.ModuleList()
+        self.extra_projections = nn.ModuleList()
+        self.residual_projections = nn.ModuleDict()
+        for i, spec in enumerate(layers):
+            out_features = int(spec["out_features"])
+            linear = nn.Linear(in_features, out_features, bias=bool(spec.get("bias", False)))
+            if i == 0:
+                self.linear = linear
+            else:
+                self.extra_projections.append(linear)
+            self.projection_activations.append(_activation(spec.get("activation", "Identity")))
+            if spec.get("residual") and in_features != out_features:
+                self.residual_projections[str(i)] = nn.Linear(in_features, out_features, bias=False)
+            in_features = out_features
+
+    def _project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The projection to ``config.dim`` (before normalisation): ``linear``, or the configured chain."""
+        layers = self.config.projection_layers
+        if layers is None:
+            return self.linear(hidden)
+        x = hidden
+        for i, spec in enumerate(layers):
+            linear = self.linear if i == 0 else self.extra_projections[i - 1]
+            y = self.projection_activations[i](linear(x))
+            if spec.get("residual"):
+                y = y + (self.residual_projections[str(i)](x) if str(i) in self.residual_projections else x)
+            x = y
+        return x
 
     # ------------------------------------------------------------------ construction / IO
     @classmethod
@@ -178,7 +224,7 @@ class JMLRRetriever(PreTrainedModel):
         """Add the [Q]/[D] markers to the vocabulary when the tokenizer lacks them (non-BERT vocabularies)."""
         tok = self._require_tokenizer()
         vocab = tok.get_vocab()
-        missing = [m for m in (self.config.query_marker, self.config.document_marker) if m not in vocab]
+        missing = [m for m in (self.config.query_marker, self.config.document_marker) if m and m not in vocab]
         if missing:
             logger.info("Adding marker tokens %s to the tokenizer", missing)
             tok.add_tokens(missing, special_tokens=True)
@@ -218,25 +264,34 @@ class JMLRRetriever(PreTrainedModel):
     def _skiplist(self) -> torch.Tensor:
         if self._skiplist_ids is None:
             tok = self._require_tokenizer()
+            vocab = tok.get_vocab()
             ids = set()
             for word in self.config.skiplist or ():
+                if word in vocab:  # a vocabulary token (PyLate's rule)
+                    ids.add(vocab[word])
+                    continue
+                # split into pieces: Stanford ColBERT keeps the first one
                 pieces = tok.encode(word, add_special_tokens=False)
-                if len(pieces) == 1:
+                if pieces:
                     ids.add(pieces[0])
             self._skiplist_ids = torch.tensor(sorted(ids), dtype=torch.long)
         return self._skiplist_ids
 
     def _token_ids(self, texts: Sequence[str], is_query: bool) -> list[list[int]]:
-        """Token ids with [CLS] marker ... [SEP], truncated to the query/document length."""
+        """Token ids with [CLS] marker ... [SEP] (no marker when it is ``""``), truncated to the query/document length."""
         _check_texts(texts, "queries" if is_query else "documents")
         tok = self._require_tokenizer()
         length = self.config.max_query_tokens if is_query else self.config.document_length
-        marker = tok.convert_tokens_to_ids(
-            self.config.query_marker if is_query else self.config.document_marker
-        )
-        encoded = tok(list(texts), add_special_tokens=True, truncation=True, max_length=length - 1)[
-            "input_ids"
-        ]
+        marker_token = self.config.query_marker if is_query else self.config.document_marker
+        encoded = tok(
+            list(texts),
+            add_special_tokens=True,
+            truncation=True,
+            max_length=length - 1 if marker_token else length,
+        )["input_ids"]
+        if not marker_token:
+            return encoded
+        marker = tok.convert_tokens_to_ids(marker_token)
         return [ids[:1] + [marker] + ids[1:] for ids in encoded]
 
     def _collate(self, token_ids: Sequence[list[int]], is_query: bool) -> dict[str, torch.Tensor]:
@@ -282,7 +337,7 @@ class JMLRRetriever(PreTrainedModel):
         hidden = self.encoder(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
         ).last_hidden_state
-        embeddings = F.normalize(self.linear(hidden).float(), p=2, dim=-1)
+        embeddings = F.normalize(self._project(hidden).float(), p=2, dim=-1)
         if output_mask is not None:
             embeddings = embeddings * output_mask.unsqueeze(-1).to(embeddings.dtype)
         return JMLRRetrieverOutput(embeddings=embeddings, mask=output_mask)
@@ -316,15 +371,16 @@ class JMLRRetriever(PreTrainedModel):
             self.eval()
         try:
             with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=use_bf16):
-                starts = range(0, len(order), batch_size)
-                for start in tqdm(
-                    starts, desc="Encoding " + ("queries" if is_query else "documents"), disable=not show
-                ):
+                what = "queries" if is_query else "passages"  # the bar counts texts, not batches
+                bar = tqdm(total=len(order), desc=f"Encoding {what}", unit=f" {what}", disable=not show)
+                for start in range(0, len(order), batch_size):
                     idx = order[start : start + batch_size]
                     inputs = self._collate([token_ids[i] for i in idx], is_query)
                     inputs = {k: v.to(self.device) for k, v in inputs.items()}
                     out = self(**inputs)
+                    bar.update(len(idx))
                     yield idx, out.embeddings.float(), inputs["output_mask"]
+                bar.close()
         finally:
             if switch_mode:
                 self.train(was_training)
@@ -363,7 +419,9 @@ class JMLRRetriever(PreTrainedModel):
         tokens to that length. ``length`` is the longest query's; the mask marks each query's vectors.
 
         ``precision="auto"`` runs the encoder under bf16 autocast where the hardware has fast bf16
-        (AVX-512 BF16/AMX CPUs, Ampere+ GPUs); vectors are returned in float32.
+        (AVX-512 BF16/AMX CPUs, Ampere+ GPUs); vectors are returned in float32. bf16 moves rankings
+        slightly against PyLate / Stanford ColBERT (Kendall tau about 0.99); ``precision="fp32"`` gives
+        their vectors exactly (to about 1e-6), ``"bf16"`` forces bf16.
         """
         return self._encode(texts, True, batch_size, show_progress_bar, precision)
 
@@ -376,7 +434,8 @@ class JMLRRetriever(PreTrainedModel):
     ) -> EncodedBatch:
         """Encode documents (no autograd): padded ``[n, max_len, dim]`` vectors + mask, on CPU.
 
-        Batches are bucketed by length; punctuation vectors are masked out.
+        Batches are bucketed by length; punctuation vectors are masked out. ``precision`` as in
+        :meth:`encode_queries` (``"fp32"``: exact; ``"auto"``: bf16 where the hardware is fast at it).
         """
         return self._encode(texts, False, batch_size, show_progress_bar, precision)
 
@@ -389,7 +448,8 @@ class JMLRRetriever(PreTrainedModel):
         dtype: torch.dtype = torch.float32,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode documents into the index layout: the kept token vectors of all documents
-        concatenated in input order (``[n_tokens, dim]``, ``dtype``) and each document's count."""
+        concatenated in input order (``[n_tokens, dim]``, ``dtype``) and each document's count.
+        ``precision`` as in :meth:`encode_queries` (``"fp32"``: exact)."""
         _check_texts(texts, "documents")
         texts = list(texts)
         per_doc: list[torch.Tensor | None] = [None] * len(texts)
@@ -421,6 +481,25 @@ class JMLRRetriever(PreTrainedModel):
             digest.update(name.encode())
             digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
         return digest.hexdigest()[:32]
+
+
+def _activation(name: str) -> nn.Module:
+    """A ``torch.nn`` activation module from its class name (``"Tanh"``) or full path
+    (``"torch.nn.modules.activation.Tanh"``, as sentence-transformers saves it)."""
+    module, _, cls_name = name.rpartition(".")
+    cls = getattr(nn, cls_name, None)
+    if (module and not module.startswith("torch.nn")) or not (
+        isinstance(cls, type) and issubclass(cls, nn.Module)
+    ):
+        raise ValueError(
+            f"Unsupported projection activation {name!r}: only torch.nn modules (Identity, Tanh, GELU, ...)"
+        )
+    try:
+        return cls()
+    except TypeError as err:
+        raise ValueError(
+            f"Unsupported projection activation {name!r}: it cannot be built without arguments"
+        ) from err
 
 
 def _unpack(x: EncodedBatch | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -491,15 +570,36 @@ def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     raise OSError(f"{folder} holds neither model.safetensors nor pytorch_model.bin")
 
 
-def _load_encoder_weights(model: JMLRRetriever, encoder_state: dict[str, torch.Tensor], source: Path) -> None:
-    own = model.encoder.state_dict()
-    prefix = model.encoder.base_model_prefix + "."
-    cleaned = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in encoder_state.items()}
-    cleaned = {k: v for k, v in cleaned.items() if k in own}
-    missing = [k for k in own if k not in cleaned and "pooler" not in k and "position_ids" not in k]
+def _load_encoder_weights(model: JMLRRetriever, folder: Path) -> None:
+    """Load the encoder's weights from ``folder`` through transformers' own ``from_pretrained``, so that
+    its key conversions apply: a ``bert.`` prefix (Stanford ColBERT), legacy ``LayerNorm.gamma/beta`` names
+    (written by transformers 5.3, among others), ``.bin`` or ``.safetensors``, sharded or not."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the ColBERT head's keys are "unexpected" for the encoder: expected
+    try:
+        loaded, info = AutoModel.from_pretrained(
+            folder, config=model.config.encoder_config, output_loading_info=True
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = [k for k in info.get("missing_keys", ()) if "pooler" not in k and "position_ids" not in k]
     if missing:
-        raise ValueError(f"{source}: encoder weights are missing {missing[:5]} ({len(missing)} in all)")
-    model.encoder.load_state_dict(cleaned, strict=False)
+        raise ValueError(f"{folder}: encoder weights are missing {missing[:5]} ({len(missing)} in all)")
+    model.encoder.load_state_dict(loaded.state_dict())
+
+
+def _colbert_skiplist(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Stanford ColBERT's ``mask_punctuation``: the first piece of each ASCII punctuation mark (with
+    SentencePiece-like tokenizers that piece is often the word-start marker, and ColBERT drops that)."""
+    tokens: list[str] = []
+    for symbol in DEFAULT_SKIPLIST:
+        pieces = tokenizer.encode(symbol, add_special_tokens=False)
+        token = tokenizer.convert_ids_to_tokens(pieces[0]) if pieces else None
+        if token is not None and token not in tokens:
+            tokens.append(token)
+    return tokens
 
 
 def _load_stanford(cls: type[JMLRRetriever], path: str | os.PathLike, hub_kwargs: dict) -> JMLRRetriever:
@@ -510,6 +610,7 @@ def _load_stanford(cls: type[JMLRRetriever], path: str | os.PathLike, hub_kwargs
     state = _read_state_dict(folder)
     if "linear.weight" not in state:
         raise ValueError(f"{folder}: a Stanford ColBERT checkpoint must hold 'linear.weight'")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     config = JMLRRetrieverConfig(
         encoder_config=AutoConfig.from_pretrained(folder),
         dim=int(state["linear.weight"].shape[0]),
@@ -519,52 +620,129 @@ def _load_stanford(cls: type[JMLRRetriever], path: str | os.PathLike, hub_kwargs
         query_marker=meta.get("query_token_id", "[unused0]"),
         document_marker=meta.get("doc_token_id", "[unused1]"),
         attend_to_expansion_tokens=bool(meta.get("attend_to_mask_tokens", False)),
-        skiplist=list(DEFAULT_SKIPLIST) if meta.get("mask_punctuation", True) else [],
+        skiplist=_colbert_skiplist(tokenizer) if meta.get("mask_punctuation", True) else [],
     )
     model = cls(config)
-    _load_encoder_weights(model, {k: v for k, v in state.items() if k != "linear.weight"}, folder)
+    _load_encoder_weights(model, folder)
     with torch.no_grad():
         model.linear.weight.copy_(state["linear.weight"])
-    model.tokenizer = AutoTokenizer.from_pretrained(folder)
+    model.tokenizer = tokenizer
     return model
+
+
+def _pylate_dense_layers(
+    folder: Path, modules: list[dict]
+) -> list[tuple[Path, dict, dict[str, torch.Tensor]]]:
+    """The Dense modules after the Transformer, in order: ``(folder, config, weights)`` each."""
+    layers = []
+    for module in modules[1:]:
+        kind = module.get("type", "")
+        if not kind.endswith("Dense"):
+            raise ValueError(
+                f"{folder}/modules.json: module {module.get('path')!r} of type {kind!r} is not supported "
+                "(a PyLate ColBERT is a Transformer followed by Dense modules)"
+            )
+        dense_dir = folder / module["path"]
+        dense_cfg = json.loads((dense_dir / "config.json").read_text(encoding="utf-8"))
+        layers.append((dense_dir, dense_cfg, _read_state_dict(dense_dir)))
+    return layers
+
+
+def _pylate_projection(
+    layers: list[tuple[Path, dict, dict[str, torch.Tensor]]], hidden_size: int
+) -> list[dict] | None:
+    """``JMLRRetrieverConfig.projection_layers`` for PyLate's Dense chain (``None``: one bias-free linear map)."""
+    specs = []
+    in_features = hidden_size
+    for dense_dir, cfg, state in layers:
+        out_features = int(cfg["out_features"])
+        if int(cfg.get("in_features", in_features)) != in_features:
+            raise ValueError(
+                f"{dense_dir}: in_features {cfg['in_features']} does not follow the previous layer's {in_features}"
+            )
+        activation = cfg.get("activation_function") or "torch.nn.modules.linear.Identity"
+        _activation(activation)  # a clear error for an unsupported one
+        spec = {
+            "out_features": out_features,
+            "bias": bool(cfg.get("bias", "linear.bias" in state)),
+            "activation": activation.rpartition(".")[2],
+            "residual": bool(cfg.get("use_residual", False)),
+        }
+        specs.append(spec)
+        in_features = out_features
+    plain = {
+        "out_features": specs[0]["out_features"],
+        "bias": False,
+        "activation": "Identity",
+        "residual": False,
+    }
+    return None if specs == [plain] else specs
 
 
 def _load_pylate(cls: type[JMLRRetriever], path: str | os.PathLike, hub_kwargs: dict) -> JMLRRetriever:
     folder = _local_folder(path, hub_kwargs)
     modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
-    dense = [m for m in modules if m.get("type", "").endswith("Dense")]
-    if not dense:
+    if not any(m.get("type", "").endswith("Dense") for m in modules):
         raise ValueError(
             f"{folder}/modules.json has no Dense projection module: a plain sentence-transformers encoder, not "
             f"a ColBERT retriever; use JMLRRetriever.from_encoder({str(path)!r}) to put a new ColBERT head on it"
         )
-    dense_dir = folder / dense[0]["path"]
-    dense_cfg = json.loads((dense_dir / "config.json").read_text(encoding="utf-8"))
-    if dense_cfg.get("bias"):
-        raise ValueError(f"{dense_dir}: a Dense projection with bias is not supported")
-    dense_state = _read_state_dict(dense_dir)
+    if not modules or not modules[0].get("type", "").endswith("Transformer"):
+        raise ValueError(
+            f"{folder}/modules.json: the first module must be a sentence-transformers Transformer"
+        )
+    transformer_dir = folder / modules[0].get("path", "")
+    st_module_cfg_file = transformer_dir / "sentence_bert_config.json"
+    if st_module_cfg_file.is_file():
+        if json.loads(st_module_cfg_file.read_text(encoding="utf-8")).get("do_lower_case"):
+            raise ValueError(
+                f"{st_module_cfg_file}: do_lower_case (lower-casing texts before the tokenizer) is not supported"
+            )
     st_cfg_file = folder / "config_sentence_transformers.json"
     st_cfg = json.loads(st_cfg_file.read_text(encoding="utf-8")) if st_cfg_file.is_file() else {}
-    transformer_dir = folder / next(
-        (m["path"] for m in modules if m.get("type", "").endswith("Transformer")), ""
-    )
+    encoder_config = AutoConfig.from_pretrained(transformer_dir)
+    layers = _pylate_dense_layers(folder, modules)
+    projection = _pylate_projection(layers, encoder_config.hidden_size)
+    tokenizer = AutoTokenizer.from_pretrained(transformer_dir)
+    # PyLate's skiplist is tokenizer.convert_tokens_to_ids(word): a word that is not a vocabulary token
+    # drops the unknown token (e.g. "..." with a WordPiece vocabulary), so keep exactly that.
+    vocab = tokenizer.get_vocab()
+    skiplist: list[str] = []
+    for word in st_cfg.get("skiplist_words") or DEFAULT_SKIPLIST:
+        token = word if word in vocab else tokenizer.unk_token
+        if token is not None and token not in skiplist:
+            skiplist.append(token)
+    expansion = st_cfg.get("do_query_expansion")
+    query_prefix, document_prefix = st_cfg.get("query_prefix"), st_cfg.get("document_prefix")
     config = JMLRRetrieverConfig(
-        encoder_config=AutoConfig.from_pretrained(transformer_dir),
-        dim=int(dense_cfg["out_features"]),
-        query_length=int(st_cfg.get("query_length", 32)),
-        query_max_length=int(st_cfg.get("query_length", 32)),  # PyLate's own: exact unless raised
-        document_length=int(st_cfg.get("document_length", 180)),
-        query_marker=st_cfg.get("query_prefix", "[Q] "),
-        document_marker=st_cfg.get("document_prefix", "[D] "),
-        query_expansion=bool(st_cfg.get("do_query_expansion", True)),
+        encoder_config=encoder_config,
+        dim=int(layers[-1][1]["out_features"]),
+        query_length=int(st_cfg.get("query_length") or 32),
+        query_max_length=int(st_cfg.get("query_length") or 32),  # PyLate's own: exact unless raised
+        document_length=int(st_cfg.get("document_length") or 180),
+        # PyLate: a missing (null) prefix falls back to "[Q] "/"[D] "; an empty one means no marker
+        query_marker="[Q] " if query_prefix is None else query_prefix,
+        document_marker="[D] " if document_prefix is None else document_prefix,
+        query_expansion=True if expansion is None else bool(expansion),
         attend_to_expansion_tokens=bool(st_cfg.get("attend_to_expansion_tokens", False)),
-        skiplist=list(st_cfg.get("skiplist_words", DEFAULT_SKIPLIST)),
+        skiplist=skiplist,
+        projection_layers=projection,
     )
     model = cls(config)
-    _load_encoder_weights(model, _read_state_dict(transformer_dir), transformer_dir)
+    _load_encoder_weights(model, transformer_dir)
     with torch.no_grad():
-        model.linear.weight.copy_(dense_state["linear.weight"])
-    model.tokenizer = AutoTokenizer.from_pretrained(transformer_dir)
+        for i, (dense_dir, _, state) in enumerate(layers):
+            linear = model.linear if i == 0 else model.extra_projections[i - 1]
+            linear.weight.copy_(state["linear.weight"])
+            if linear.bias is not None:
+                linear.bias.copy_(state["linear.bias"])
+            if projection is not None and str(i) in model.residual_projections:
+                if "residual.weight" not in state:
+                    raise ValueError(
+                        f"{dense_dir}: use_residual changes the size but 'residual.weight' is missing"
+                    )
+                model.residual_projections[str(i)].weight.copy_(state["residual.weight"])
+    model.tokenizer = tokenizer
     return model
 
 

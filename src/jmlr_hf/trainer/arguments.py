@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from transformers import TrainingArguments
 
-DEFAULT_PROMPT_TEMPLATE = (
-    "Use the clinical guideline excerpts to answer the medical question.\n\n"
-    "{context}\n\nQuestion: {question}\n"
-    "Answer with the letter of the correct option, then explain."
-)
-#: Budget (LLM tokens) of the joined passages: the paper's 7 passages of 180 retriever tokens fit.
-DEFAULT_MAX_CONTEXT_TOKENS = 2048
-CLOSED_BOOK_TEMPLATE = "Answer the medical question.\n\nQuestion: {question}\nAnswer with the letter of the correct option, then explain."
+from ..choices import invalid_choices
+
+# The prompt format lives in jmlr_hf.prompting; these names stay importable from here.
+from ..prompting import CLOSED_BOOK_TEMPLATE, DEFAULT_MAX_CONTEXT_TOKENS, DEFAULT_PROMPT_TEMPLATE
+
+__all__ = [
+    "CLOSED_BOOK_TEMPLATE",
+    "DEFAULT_MAX_CONTEXT_TOKENS",
+    "DEFAULT_PROMPT_TEMPLATE",
+    "JMLRTrainingArguments",
+]
 
 
 @dataclass
@@ -24,8 +28,9 @@ class JMLRTrainingArguments(TrainingArguments):
         num_candidate_docs (`int`, defaults to 30): passages fetched from the index per question.
         num_scored_docs (`int`, defaults to 10): candidates whose LLM utility is measured each step.
         num_context_docs (`int`, defaults to 7): passages (top by the retriever) in the LM prompt.
-        rank_loss (`str`, defaults to ``"llm_rank"``): ``"llm_rank"`` (pairwise logistic on utility
-            order, the paper's) or ``"pdist"`` (Atlas-style KL to the utility distribution).
+        rank_loss (`Literal["llm_rank", "pdist"]`, defaults to ``"llm_rank"``): ``"llm_rank"`` (pairwise
+            logistic on utility order, the paper's) or ``"pdist"`` (Atlas-style KL to the utility
+            distribution).
         rank_loss_weight (`float`, defaults to 1.0): ``loss = lm_loss + rank_loss_weight * rank_loss``.
         rank_temperature (`float`, defaults to 0.1): temperature of the normalised retriever scores
             (mean cosine per query token) in the ``llm_rank`` loss and in candidate sampling.
@@ -34,8 +39,9 @@ class JMLRTrainingArguments(TrainingArguments):
             target would be nearly uniform.
         pdist_score_temperature (`float`, defaults to 0.01): temperature of the normalised retriever scores
             in the ``pdist`` student distribution (Atlas's ``temperature_score``).
-        candidate_sampling (`str`, defaults to ``"sample"``): pick the scored documents by sampling
-            ``softmax(s / rank_temperature)`` without replacement, or the ``"top"`` ones.
+        candidate_sampling (`Literal["sample", "top"]`, defaults to ``"sample"``): pick the scored
+            documents by sampling ``softmax(s / rank_temperature)`` without replacement, or the ``"top"``
+            ones.
         retriever_learning_rate (`float`, defaults to 1e-5): learning rate of the retriever, separate from
             ``learning_rate`` (which, with LoRA, is typically 2e-4: far too high to fine-tune BERT fully).
             The paper's configs use 1e-5; its official code 3e-6.
@@ -47,12 +53,15 @@ class JMLRTrainingArguments(TrainingArguments):
             the stale-index pitfall of the reference code: candidates then come from the initial retriever).
         freeze_document_encoder (`bool`, defaults to `False`): train the query side only; document
             vectors come from the index (no refresh needed).
-        utility_precision (`str`, defaults to ``"auto"``): precision of the no-grad utility forward;
-            ``"auto"`` uses bf16 autocast where the hardware has fast bf16 (it only ranks documents).
+        utility_precision (`Literal["auto", "bf16", "fp32"]`, defaults to ``"auto"``): precision of the
+            no-grad utility forward; ``"auto"`` uses bf16 autocast where the hardware has fast bf16 (it only
+            ranks documents).
         max_context_tokens (`int`, defaults to 2048): budget (LLM tokens) of the joined passages in the
             prompt: 7 passages of 180 retriever tokens with their titles take about 1,700 Llama / SmolLM2
             tokens. The context is truncated as a whole, the question and answer never are.
         prompt_template (`str`, *optional*): user message with ``{context}`` and ``{question}``.
+        remove_unused_columns (`bool`, defaults to `False`): ``TrainingArguments``' option, off here: the
+            joint step needs the raw QA rows (``True`` is refused).
     """
 
     num_candidate_docs: int = field(
@@ -64,8 +73,9 @@ class JMLRTrainingArguments(TrainingArguments):
     num_context_docs: int = field(
         default=7, metadata={"help": "Top passages (by the retriever) in the LM prompt."}
     )
-    rank_loss: str = field(
-        default="llm_rank", metadata={"help": "'llm_rank' (pairwise, the paper's) or 'pdist'."}
+    rank_loss: Literal["llm_rank", "pdist"] = field(
+        default="llm_rank",
+        metadata={"help": "'llm_rank' (pairwise, the paper's) or 'pdist' (Atlas-style KL)."},
     )
     rank_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the retriever's rank loss."})
     rank_temperature: float = field(
@@ -77,8 +87,9 @@ class JMLRTrainingArguments(TrainingArguments):
     pdist_score_temperature: float = field(
         default=0.01, metadata={"help": "Temperature of the retriever scores in pdist (Atlas: 0.01)."}
     )
-    candidate_sampling: str = field(
-        default="sample", metadata={"help": "'sample' or 'top' scored documents."}
+    candidate_sampling: Literal["sample", "top"] = field(
+        default="sample",
+        metadata={"help": "Sample the scored documents from the retriever's scores, or take the top ones."},
     )
     retriever_learning_rate: float = field(
         default=1e-5, metadata={"help": "Learning rate of the retriever (the paper's configs: 1e-5)."}
@@ -95,7 +106,7 @@ class JMLRTrainingArguments(TrainingArguments):
     freeze_document_encoder: bool = field(
         default=False, metadata={"help": "Train the query encoder only; documents keep their index vectors."}
     )
-    utility_precision: str = field(
+    utility_precision: Literal["auto", "bf16", "fp32"] = field(
         default="auto",
         metadata={
             "help": "'auto' (bf16 autocast where bf16 is fast), 'bf16' or 'fp32' for the utility forward."
@@ -108,11 +119,18 @@ class JMLRTrainingArguments(TrainingArguments):
     prompt_template: str | None = field(
         default=None, metadata={"help": "User message template with {context} and {question}."}
     )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep every dataset column (Trainer's default drops unused ones): the joint step needs the "
+            "raw QA rows."
+        },
+    )
 
     def __post_init__(self) -> None:
-        # The joint step needs the raw QA rows: never let Trainer drop "unused" columns.
-        self.remove_unused_columns = False
-        problems = []
+        problems = invalid_choices(self)
+        if self.remove_unused_columns:
+            problems.append("remove_unused_columns must be False: the joint step needs the raw QA rows")
         for name in ("num_candidate_docs", "num_scored_docs", "num_context_docs", "max_context_tokens"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
@@ -126,14 +144,6 @@ class JMLRTrainingArguments(TrainingArguments):
             )
         if self.num_scored_docs < 2 and self.rank_loss_weight > 0:
             problems.append("num_scored_docs must be at least 2 to rank documents")
-        if self.rank_loss not in ("llm_rank", "pdist"):
-            problems.append(f"rank_loss must be 'llm_rank' or 'pdist', got {self.rank_loss!r}")
-        if self.candidate_sampling not in ("sample", "top"):
-            problems.append(f"candidate_sampling must be 'sample' or 'top', got {self.candidate_sampling!r}")
-        if self.utility_precision not in ("auto", "bf16", "fp32"):
-            problems.append(
-                f"utility_precision must be 'auto', 'bf16' or 'fp32', got {self.utility_precision!r}"
-            )
         if min(self.rank_temperature, self.utility_temperature, self.pdist_score_temperature) <= 0:
             problems.append(
                 "rank_temperature, utility_temperature and pdist_score_temperature must be positive"

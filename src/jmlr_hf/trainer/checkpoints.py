@@ -25,13 +25,17 @@ from typing import Any
 from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+# The folder names are jmlr_hf.layout's; imported here, they stay importable from this module too.
+from ..layout import (  # noqa: F401
+    INDEX_DIR,
+    RETRIEVER_DIR,
+    RETRIEVER_OPTIMIZER_FILE,
+    RETRIEVER_SCHEDULER_FILE,
+    STATE_FILE,
+)
+
 logger = logging.getLogger(__name__)
 
-RETRIEVER_DIR = "retriever"
-INDEX_DIR = "index"
-STATE_FILE = "jmlr_state.json"
-RETRIEVER_OPTIMIZER_FILE = "retriever_optimizer.pt"
-RETRIEVER_SCHEDULER_FILE = "retriever_scheduler.pt"
 TRAINER_STATE_FILE = "trainer_state.json"
 INDEX_FILES = ("index_config.json", "passages.parquet", "vectors.safetensors")
 _RETRIEVER_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")

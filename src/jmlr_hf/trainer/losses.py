@@ -10,6 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# kendall_tau (the logged rank agreement) lives in jmlr_hf.evaluation.metrics; still importable from here.
+from ..evaluation.metrics import kendall_tau
+
+__all__ = ["kendall_tau", "llm_rank_loss", "pdist_loss"]
+
 
 def llm_rank_loss(scores: torch.Tensor, nll: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
     """The paper's pairwise loss: ``BCE(sigmoid((s_i - s_j) / T), 1[l_i < l_j])`` over all ordered pairs.
@@ -41,13 +46,3 @@ def pdist_loss(
     target = F.softmax(-nll / utility_temperature, dim=-1)
     log_student = F.log_softmax(scores / temperature, dim=-1)
     return F.kl_div(log_student, target, reduction="batchmean")
-
-
-def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Kendall's tau-a between two score vectors ``[n]`` (1 = same order, -1 = reversed)."""
-    n = a.numel()
-    if n < 2:
-        return 0.0
-    da = torch.sign(a[:, None] - a[None, :])
-    db = torch.sign(b[:, None] - b[None, :])
-    return float((da * db).sum() / (n * (n - 1)))

@@ -25,7 +25,8 @@ import shutil
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import safetensors.torch
 import torch
@@ -38,17 +39,22 @@ from transformers.trainer_utils import (
     rotate_checkpoints,
 )
 
-from ..data.corpus import passage_text_for_encoding
 from ..data.qa import format_target, validate_qa_dataset
-from ..retriever import DocumentIndex, EncodedBatch, JMLRRetriever, maxsim_paired
-from ..retriever.modeling_jmlr_retriever import bf16_supported
-from .arguments import JMLRTrainingArguments
-from .checkpoints import (
+from ..evaluation.metrics import kendall_tau
+from ..layout import (
     INDEX_DIR,
     RETRIEVER_DIR,
     RETRIEVER_OPTIMIZER_FILE,
     RETRIEVER_SCHEDULER_FILE,
     STATE_FILE,
+    write_inference_settings,
+)
+from ..prompting import PromptBuilder
+from ..retriever import DocumentIndex, EncodedBatch, JMLRRetriever, maxsim_paired
+from ..retriever.modeling_jmlr_retriever import bf16_supported
+from ..scoring import lm_loss, passage_utility_nll
+from .arguments import JMLRTrainingArguments
+from .checkpoints import (
     link_or_copy_files,
     missing_index_files,
     read_state,
@@ -56,9 +62,12 @@ from .checkpoints import (
     untied_missing_keys,
     write_json_atomic,
 )
-from .collator import PromptBuilder, QACollator, lm_loss, passage_utility_nll
+from .collator import QACollator
 from .distributed import any_process, average_gradients_, broadcast_module_, world_size
-from .losses import kendall_tau, llm_rank_loss, pdist_loss
+from .losses import llm_rank_loss, pdist_loss
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..hub import CardValues
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +99,17 @@ class _RetrieverOptimizerCallback(TrainerCallback):
         trainer.retriever.zero_grad(set_to_none=True)
 
 
+def _active_adapter_config(model: nn.Module) -> Any:
+    """The active PEFT config of a PEFT-wrapped LLM, ``None`` for a plain model."""
+    configs = getattr(model, "peft_config", None)
+    if isinstance(configs, Mapping) and configs:
+        active = getattr(model, "active_adapter", None)
+        return (
+            configs[active] if isinstance(active, str) and active in configs else next(iter(configs.values()))
+        )
+    return None
+
+
 def _set_query_max_length(retriever: JMLRRetriever, length: int | None) -> None:
     """Let the retriever see questions up to ``length`` tokens (``retriever_query_max_length``; saved
     with its config). ``None`` keeps the retriever's own setting."""
@@ -118,6 +138,16 @@ class JointStepOutput:
     scored_scores: torch.Tensor | None
 
 
+#: The joint-step metrics JMLRTrainer logs (train) and, prefixed ``eval_``, evaluates.
+METRIC_NAMES = (
+    "lm_loss",
+    "rank_loss",
+    "rank_agreement_kendall_tau",
+    "index_refresh_seconds",
+    "skipped_batches",
+)
+
+
 class JMLRTrainer(Trainer):
     """Joint LLM + retriever trainer (JMLR, Wang et al. 2024).
 
@@ -132,7 +162,8 @@ class JMLRTrainer(Trainer):
         **kwargs: anything else ``transformers.Trainer`` takes (callbacks, optimizers, ...).
 
     ``trainer.model`` is the LLM, ``trainer.retriever`` the retriever, ``trainer.index`` the index.
-    ``save_model(dir)`` writes the LLM to ``dir`` and the retriever to ``dir/retriever``.
+    ``save_model(dir)`` writes the LLM to ``dir``, the retriever to ``dir/retriever`` and the prompt settings
+    to ``dir/jmlr_inference.json`` (the layout of :mod:`jmlr_hf.layout`).
 
     With several processes (``accelerate launch``) only the LLM is wrapped by DDP / FSDP / DeepSpeed;
     the retriever (small) stays replicated: rank 0's initial weights are broadcast, its gradients are
@@ -236,7 +267,11 @@ class JMLRTrainer(Trainer):
         self.add_callback(_RetrieverOptimizerCallback(self))
         self._sync_retriever_replicas()
         self.prompts = PromptBuilder(processing_class, args.prompt_template, args.max_context_tokens)
-        self._metrics: dict[str, list[float]] = defaultdict(list)
+        # Joint-step metrics per mode (TRL's habit), averaged over processes and steps in log().
+        self._metrics: dict[str, dict[str, list[float]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
         self._last_refresh_step = -1
         self.skipped_batches = 0
 
@@ -344,33 +379,21 @@ class JMLRTrainer(Trainer):
         if step > 0 and step % every == 0 and step != self._last_refresh_step:
             self._last_refresh_step = step
             seconds = self.index.refresh(self.retriever, show_progress_bar=self.is_local_process_zero())
-            self._metrics["index_refresh_seconds"].append(seconds)
+            self._metrics["train"]["index_refresh_seconds"].append(seconds)
             logger.info("Refreshed the index at step %d in %.1fs", step, seconds)
-
-    def _passage(self, index: int) -> dict[str, str]:
-        p = self.index.passages
-        return {"title": p["title"][index], "text": p["text"][index]}
-
-    def _passage_texts(self, ids: torch.Tensor) -> list[str]:
-        return [passage_text_for_encoding(**self._passage(int(i))) for i in ids.reshape(-1)]
 
     def _document_embeddings(self, ids: torch.Tensor, with_grad: bool) -> EncodedBatch:
         """Token vectors of passages ``ids`` ``[b, n]`` -> ``[b, n, L, dim]`` (+ mask)."""
         b, n = ids.shape
+        flat = ids.reshape(-1).tolist()
         if self.args.freeze_document_encoder:  # the index vectors are exact for a frozen document encoder
-            vectors, lengths = self.index.store.gather(ids.reshape(-1).cpu().numpy())
-            width = int(lengths.max())
-            emb = torch.zeros(b * n, width, vectors.shape[1])
-            mask = torch.zeros(b * n, width, dtype=torch.bool)
-            start = 0
-            for row, length in enumerate(lengths.tolist()):
-                emb[row, :length] = vectors[start : start + length].float()
-                mask[row, :length] = True
-                start += length
+            emb, mask = self.index.gather_vectors(flat)
         elif with_grad:
-            emb, mask = self.retriever.embed(self._passage_texts(ids), is_query=False)
+            emb, mask = self.retriever.embed(self.index.passage_texts(flat), is_query=False)
         else:
-            emb, mask = self.retriever.encode_documents(self._passage_texts(ids), show_progress_bar=False)
+            emb, mask = self.retriever.encode_documents(
+                self.index.passage_texts(flat), show_progress_bar=False
+            )
         device = self.retriever.device
         return EncodedBatch(emb.to(device).view(b, n, *emb.shape[1:]), mask.to(device).view(b, n, -1))
 
@@ -407,7 +430,7 @@ class JMLRTrainer(Trainer):
             scored_docs = self._document_embeddings(scored, with_grad=not args.freeze_document_encoder)
             scored_scores = maxsim_paired(query.embeddings, query.mask, *scored_docs) / q_tokens[:, None]
             # 4. utility of each scored document: one batched no-grad forward of the LLM
-            passages = [[self._passage(int(i)) for i in ids] for ids in scored]
+            passages = [[self.index.passage(int(i)) for i in ids] for ids in scored]
             with self._utility_autocast():
                 nll = passage_utility_nll(model, self.prompts, rows, passages, self.args.device)
             nll = nll.float().to(device)
@@ -421,7 +444,7 @@ class JMLRTrainer(Trainer):
         # 6. LM loss with the top passages, best nearest the question
         context = candidates.gather(1, fresh.topk(args.num_context_docs, dim=-1).indices)
         prompts = [
-            self.prompts.prompt(r, [self._passage(int(i)) for i in ids]) for r, ids in zip(rows, context)
+            self.prompts.prompt(r, [self.index.passage(int(i)) for i in ids]) for r, ids in zip(rows, context)
         ]
         batch = {
             k: v.to(self.args.device)
@@ -461,10 +484,10 @@ class JMLRTrainer(Trainer):
                 self.state.global_step,
                 [r.get("id") for r in rows],
             )
-            self._metrics["skipped_batches"].append(1.0)
+            self._metrics["train" if model.training else "eval"]["skipped_batches"].append(1.0)
             loss = self._zero_loss(model)
-        elif model.training:
-            self._record_metrics(out)
+        else:
+            self._record_metrics(out, "train" if model.training else "eval")
         return (loss, out) if return_outputs else loss
 
     def _zero_loss(self, model: nn.Module) -> torch.Tensor:
@@ -476,23 +499,39 @@ class JMLRTrainer(Trainer):
             else torch.zeros((), requires_grad=True)
         )
 
-    def _record_metrics(self, out: JointStepOutput) -> None:
-        self._metrics["lm_loss"].append(float(out.lm_loss.detach()))
+    def _record_metrics(self, out: JointStepOutput, mode: str) -> None:
+        metrics = self._metrics[mode]
+        metrics["lm_loss"].append(float(out.lm_loss.detach()))
         if out.rank_loss is not None:
-            self._metrics["rank_loss"].append(float(out.rank_loss.detach()))
+            metrics["rank_loss"].append(float(out.rank_loss.detach()))
             taus = [
                 kendall_tau(s.detach().float().cpu(), -u.float().cpu())
                 for s, u in zip(out.scored_scores, out.utility_nll)
             ]
-            self._metrics["rank_agreement_kendall_tau"].append(sum(taus) / len(taus))
+            metrics["rank_agreement_kendall_tau"].append(sum(taus) / len(taus))
+
+    def _gathered_metrics(self, mode: str) -> dict[str, float]:
+        """The mode's metrics since the last log, averaged over steps and processes (``skipped_batches``:
+        summed); a collective call, in :data:`METRIC_NAMES` order, so every process gathers the same keys."""
+        metrics = self._metrics[mode]
+        local = torch.tensor(
+            [[sum(metrics[n]), len(metrics[n])] for n in METRIC_NAMES], device=self.args.device
+        )
+        totals = self.accelerator.gather(local[None]).sum(0).tolist()
+        metrics.clear()
+        return {
+            name: total if name == "skipped_batches" else total / count
+            for name, (total, count) in zip(METRIC_NAMES, totals)
+            if count
+        }
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the averaged joint-step metrics (``lm_loss``, ``rank_loss``, Kendall tau, refreshes) to train logs."""
-        if "loss" in logs and self._metrics:
-            for key, values in self._metrics.items():
-                if values:
-                    logs[key] = sum(values) if key == "skipped_batches" else sum(values) / len(values)
-            self._metrics.clear()
+        """Add the joint-step metrics (``lm_loss``, ``rank_loss``, Kendall tau, refreshes, skipped batches) of
+        the current mode to the logs that carry its loss; evaluation's as ``eval_lm_loss``, ... (TRL's habit)."""
+        mode = "train" if self.model.training else "eval"
+        prefix = "" if mode == "train" else "eval_"
+        if f"{prefix}loss" in logs:
+            logs.update({prefix + key: value for key, value in self._gathered_metrics(mode).items()})
         super().log(logs, start_time)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -507,15 +546,19 @@ class JMLRTrainer(Trainer):
         self._save_retriever(output_dir if output_dir is not None else self.args.output_dir)
 
     def _save_retriever(self, output_dir: str) -> None:
+        """JMLR's part of a saved folder (:mod:`jmlr_hf.layout`): ``retriever/``, ``jmlr_inference.json``
+        and, with a frozen document encoder, ``index/``."""
         if self.args.should_save:
             self.retriever.save_pretrained(os.path.join(output_dir, RETRIEVER_DIR))
+            write_inference_settings(output_dir, self.args)
             if self.args.freeze_document_encoder and not getattr(self, "_saving_checkpoint", False):
                 self.index.save(os.path.join(output_dir, INDEX_DIR))  # checkpoints: _save_checkpoint_index
         self._retriever_saved_to = output_dir
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """The LLM (through ``Trainer``'s FSDP / DeepSpeed gathering) to ``output_dir``, the retriever to
-        ``output_dir/retriever`` (main process only)."""
+        ``output_dir/retriever`` and the prompt settings inference reuses to ``output_dir/jmlr_inference.json``
+        (main process only)."""
         self._retriever_saved_to: str | None = None
         super().save_model(output_dir, _internal_call)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
@@ -574,9 +617,7 @@ class JMLRTrainer(Trainer):
     def _index_version(self) -> tuple[Any, ...]:
         """What identifies the index's content: it changes at a refresh (new store and fingerprint), at
         ``add`` (more passages and vectors), or when ``trainer.index`` is replaced."""
-        index = self.index
-        size = (index.num_passages, int(index.store.vectors.shape[0]))
-        return (id(index), id(index.store), index.fingerprint, size, self._last_refresh_step)
+        return (id(self.index), self.index.content_id, self._last_refresh_step)
 
     def _save_checkpoint_index(self, target: str) -> None:
         """A checkpoint's ``index/``: hard links to the last saved copy when the index has not changed since
@@ -663,6 +704,38 @@ class JMLRTrainer(Trainer):
         super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
     # ------------------------------------------------------------------ Hub
+    def card_values(self) -> CardValues:
+        """This run's plain values for its two model cards (:func:`jmlr_hf.hub.card_fields` renders them)."""
+        from ..hub import CardValues, joint_step_arguments, optimization_arguments
+
+        args, index, dataset = self.args, self.index, self.train_dataset
+        model = self.accelerator.unwrap_model(self.model)
+        adapter = _active_adapter_config(model)
+        return CardValues(
+            repo_id=args.hub_model_id or Path(args.output_dir).name,
+            # PEFT records the base only for models from from_pretrained; the config knows it otherwise.
+            llm_name_or_path=getattr(adapter, "base_model_name_or_path", None)
+            or getattr(model.config, "_name_or_path", None),
+            num_parameters=sum(p.numel() for p in model.parameters()),
+            retriever_config=self.retriever.config,
+            joint_arguments=joint_step_arguments(args),
+            optimization_arguments=optimization_arguments(args, self.state.global_step),
+            prompt_template=args.prompt_template,
+            max_context_tokens=args.max_context_tokens,
+            num_context_docs=args.num_context_docs,
+            num_passages=len(index),
+            chunk_tokens=index.chunk_tokens,
+            chunk_overlap=index.chunk_overlap,
+            global_step=self.state.global_step,
+            epoch=self.state.epoch,
+            adapter_config=adapter,
+            num_train_rows=len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None,
+            train_dataset_name=getattr(getattr(dataset, "info", None), "dataset_name", None),
+            tags=list(self._tag_names),
+            model_tags=list(getattr(model, "model_tags", None) or []),
+            paper=dict(self._paper),
+        )
+
     def create_model_card(self, **kwargs: Any) -> None:
         """Write the LLM's JMLR model card to ``output_dir/README.md`` (main process only).
 
@@ -674,7 +747,7 @@ class JMLRTrainer(Trainer):
         from ..hub import card_fields, render_model_card
 
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        fields = card_fields(self, **kwargs)["llm"]
+        fields = card_fields(self.card_values(), **kwargs)["llm"]
         os.makedirs(self.args.output_dir, exist_ok=True)
         with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
             f.write(render_model_card(fields["kind"], **fields))

@@ -1,0 +1,266 @@
+"""The ``"faiss"`` backend: token-level candidates from a faiss IVF index, then exact MaxSim rerank.
+
+faiss-gpu is used when the package has GPU support and CUDA is available.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..store import VectorStore, segment_maxsim
+from .base import IndexBackend, read_index_file
+
+__all__ = ["FaissBackend", "approximate_maxsim"]
+
+logger = logging.getLogger(__name__)
+
+
+def approximate_maxsim(
+    rows: np.ndarray, columns: np.ndarray, sims: np.ndarray, fill: np.ndarray, width: int
+) -> np.ndarray:
+    """``sum_r max(fill[r], best hit of (r, c))`` for every column ``c < width``, in O(hits).
+
+    ``rows`` / ``columns`` / ``sims`` list the hits (query token, candidate, similarity), each row's hits
+    best first (faiss returns them sorted), so the first hit of a (row, column) pair is its best. The
+    sum is ``fill``'s total plus, per pair, how much its best hit exceeds the row's fill: no
+    ``[query tokens, candidates]`` matrix, whose size grows with the query length.
+    """
+    key = rows.astype(np.int64) * width + columns
+    _, first = np.unique(key, return_index=True)  # first occurrence = best hit of the pair
+    gain = np.maximum(sims[first] - fill[rows[first]], 0.0)
+    return float(fill.sum()) + np.bincount(columns[first], weights=gain, minlength=width)
+
+
+class FaissBackend(IndexBackend):
+    """IVF over token vectors for candidates, then exact MaxSim rerank.
+
+    Every query token fetches its ``tokens_per_query_token`` nearest document tokens (``nprobe``
+    of ``nlist`` lists; 4-bit PQ fast-scan codes on CPU, 8-bit scalar quantization when the index
+    goes to a GPU). The passages of those tokens are the candidates; beyond ``max_rerank`` of them
+    only the best by an approximate MaxSim built from the retrieved similarities are kept, and
+    these are scored exactly on the stored bf16 vectors. Defaults tuned on 10,000 NGC passages
+    with MedQA questions on a 2-core CPU (docs/benchmarks.md): recall@30 about 0.995 against
+    the exact backend. Short queries (mostly [MASK] expansion tokens) make the approximate score
+    less reliable; raise ``max_rerank`` for them.
+
+    A query longer than 32 tokens (a whole MedQA vignette is about 170) shares the token hits of a
+    32-token query, ``32 * tokens_per_query_token``, among its tokens, but each token still fetches
+    at least ``min_tokens_per_query_token``: its many tokens find the same passages with fewer hits
+    each, and the search cost grows far less than its length (docs/benchmarks.md, "Full-length
+    questions"). Each query is searched alone, without its padding, so its results never depend on
+    the other queries of the batch.
+    """
+
+    #: Queries up to this many tokens get ``tokens_per_query_token`` hits per token.
+    HIT_BUDGET_TOKENS = 32
+
+    name = "faiss"
+    # Candidate passages reranked exactly per query (pruned by an approximate score beyond that).
+
+    def __init__(
+        self,
+        nlist: int | None = None,
+        nprobe: int = 32,
+        tokens_per_query_token: int = 512,
+        use_gpu: bool | None = None,
+        max_rerank: int = 512,
+        min_tokens_per_query_token: int = 128,
+    ) -> None:
+        self.max_rerank = max_rerank
+        self.min_tokens_per_query_token = min_tokens_per_query_token
+        self.nlist = nlist
+        self.nprobe = nprobe
+        self.tokens_per_query_token = tokens_per_query_token
+        self.use_gpu = use_gpu
+        self.index: Any = None
+
+    @staticmethod
+    def _faiss():
+        try:
+            import faiss
+        except ImportError as err:  # pragma: no cover - faiss-cpu is a dependency
+            raise ImportError("The faiss backend needs faiss: pip install faiss-cpu (or faiss-gpu)") from err
+        return faiss
+
+    def _search_index(self) -> Any:
+        """The index searched: the CPU index, or its GPU copy (made once) when faiss has GPU support and
+        CUDA is available (``use_gpu=None``, the default) or ``use_gpu=True``."""
+        if not self._wants_gpu():
+            return self.index
+        if getattr(self, "_gpu_index", None) is None or self._gpu_source is not self.index:
+            self._gpu_index, self._gpu_source = self._maybe_gpu(self.index), self.index
+        return self._gpu_index
+
+    def _maybe_gpu(self, index: Any) -> Any:
+        faiss = self._faiss()
+        if self._wants_gpu():
+            logger.info("Moving the faiss index to the GPU")
+            self._gpu_res = faiss.StandardGpuResources()
+            try:  # this process's GPU (each process of a multi-GPU run has its own current device)
+                return faiss.index_cpu_to_gpu(self._gpu_res, torch.cuda.current_device(), index)
+            except RuntimeError as err:  # e.g. a fast-scan index built on a CPU-only machine
+                logger.warning("Searching the faiss index on the CPU: it cannot move to the GPU (%s)", err)
+        return index
+
+    def _wants_gpu(self) -> bool:
+        faiss = self._faiss()
+        want = self.use_gpu if self.use_gpu is not None else torch.cuda.is_available()
+        return bool(want and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0)
+
+    def build(self, store: VectorStore) -> None:
+        faiss = self._faiss()
+        n_tokens, dim = store.vectors.shape
+        nlist = self.nlist or int(2 ** round(math.log2(max(64.0, 2 * math.sqrt(n_tokens)))))
+        nlist = max(1, min(nlist, n_tokens // 39 or 1))
+        self.nlist = nlist
+        quantizer = faiss.IndexFlatIP(dim)
+        if dim % 4 == 0 and not self._wants_gpu():
+            # 4-bit PQ with SIMD "fast scan" (2 dimensions per sub-quantizer): scanning the probed
+            # lists costs about half of what 8-bit scalar quantization does, and the approximate
+            # similarities only pick candidates, which are scored exactly afterwards.
+            index = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, dim // 2, 4, faiss.METRIC_INNER_PRODUCT)
+        else:  # faiss-gpu has no fast-scan IVF; 8-bit scalar quantization runs on both
+            index = faiss.IndexIVFScalarQuantizer(
+                quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+            )
+        rng = np.random.default_rng(0)
+        sample_size = min(n_tokens, 40 * nlist)  # faiss wants >= 39 training points per centroid
+        sample = rng.choice(n_tokens, size=sample_size, replace=False) if sample_size < n_tokens else None
+        vectors = store.vectors if sample is None else store.vectors[torch.from_numpy(np.sort(sample))]
+        index.cp.niter = 10
+        index.train(np.ascontiguousarray(vectors.float().numpy()))
+        self.index = index
+        self.add(store, 0)
+
+    def add(self, store: VectorStore, first_new: int) -> None:
+        start = int(store.offsets[first_new])
+        block = 1 << 15  # 16 MiB of float32 per call
+        for a in range(start, store.vectors.shape[0], block):
+            self.index.add(np.ascontiguousarray(store.vectors[a : a + block].float().numpy()))
+        self.index.nprobe = self.nprobe
+        self._gpu_index = None  # a GPU copy made before no longer holds every vector
+
+    def hits_per_token(self, n_tokens: int) -> int:
+        """Nearest document tokens fetched for each of a query's ``n_tokens`` vectors."""
+        tpq = self.tokens_per_query_token
+        if n_tokens <= self.HIT_BUDGET_TOKENS:
+            return tpq
+        return max(min(self.min_tokens_per_query_token, tpq), tpq * self.HIT_BUDGET_TOKENS // n_tokens)
+
+    def search(self, store: VectorStore, q: torch.Tensor, qmask: torch.Tensor, k: int):
+        all_scores, all_ids = [], []
+        for i in range(q.shape[0]):
+            rows = q[i][qmask[i].bool()] if qmask[i].any() else q[i][:1]
+            tpq = self.hits_per_token(len(rows))
+            sims, token_ids = self._search_index().search(np.ascontiguousarray(rows.float().numpy()), tpq)
+            cands = self._candidates(store, sims, token_ids, np.ones(len(rows), dtype=bool), k)
+            scores = self._rerank(store, q[i : i + 1], qmask[i : i + 1], cands)
+            top = scores.topk(k)
+            all_scores.append(top.values)
+            all_ids.append(torch.from_numpy(cands)[top.indices])
+        return torch.return_types.topk((torch.stack(all_scores), torch.stack(all_ids)))
+
+    def _candidates(
+        self, store: VectorStore, sims: np.ndarray, token_ids: np.ndarray, valid_rows: np.ndarray, k: int
+    ) -> np.ndarray:
+        """Sorted passage indices to rerank for one query, from its token hits ``[Lq, tpq]``.
+
+        Every passage with a retrieved token is a candidate. When there are more than
+        ``max_rerank`` of them, they are ranked by an approximate MaxSim (per query token the
+        best retrieved similarity of the passage's tokens; for a query token that retrieved none
+        of them, half the smallest similarity that token retrieved) and the best ``max_rerank``
+        are kept.
+        """
+        hit = (token_ids >= 0) & valid_rows[:, None]
+        rows = np.nonzero(hit)[0]
+        passages = self._token_passages(store)[token_ids[hit]]
+        limit = max(self.max_rerank, k)
+        n_passages = store.num_passages
+        if n_passages <= self._DENSE_CANDIDATES_MAX:  # per-passage arrays: no sort needed
+            present = np.zeros(n_passages, dtype=bool)
+            present[passages] = True
+            cands = np.flatnonzero(present)
+            inverse, width = passages, n_passages
+        else:
+            cands, inverse = np.unique(passages, return_inverse=True)
+            width = len(cands)
+        if len(cands) > limit:
+            n_hits = hit.sum(1)
+            last = sims[np.arange(len(sims)), np.maximum(n_hits - 1, 0)]
+            fill = np.where(n_hits > 0, 0.5 * last, 0.0).astype(np.float32)
+            score = approximate_maxsim(rows, inverse, sims[hit], fill, width)
+            if width == n_passages:
+                score = score[cands]
+            cands = np.sort(cands[np.argpartition(-score, limit - 1)[:limit]])
+        if len(cands) < k:  # too few candidates: top up with the first passages not yet in the list
+            extra = np.setdiff1d(np.arange(min(n_passages, k + len(cands))), cands)[: k - len(cands)]
+            cands = np.concatenate([cands, extra])
+        return cands
+
+    # Up to this many passages, candidate bookkeeping uses arrays over all passages instead of
+    # sorting the hits (np.unique).
+    _DENSE_CANDIDATES_MAX = 1 << 17
+
+    def _token_passages(self, store: VectorStore) -> np.ndarray:
+        """The passage of every token of ``store`` (cached per store layout)."""
+        if getattr(self, "_token_passage_offsets", None) is not store.offsets:
+            dtype = np.int32 if store.num_passages < 2**31 else np.int64
+            self._token_passage = np.repeat(np.arange(store.num_passages, dtype=dtype), store.doclens)
+            self._token_passage_offsets = store.offsets
+        return self._token_passage
+
+    # Candidate vectors are gathered and scored in blocks of at most this many tokens (24 MiB of
+    # bf16 vectors at dim 128, so max_rerank=512 passages of up to 180 tokens are one block): every
+    # temporary stays below glibc's 32 MiB mmap threshold, above which each call would page-fault
+    # fresh memory.
+    _RERANK_BLOCK_TOKENS = 96 * 1024
+
+    def _rerank(self, store: VectorStore, q: torch.Tensor, qmask: torch.Tensor, cands: np.ndarray):
+        """Exact MaxSim of one query ``[1, Lq, dim]`` against the candidate passages -> ``[n_cands]``."""
+        lengths = store.doclens[cands]
+        starts = store.offsets[cands]
+        cum = np.zeros(len(cands) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=cum[1:])
+        scores = torch.empty(len(cands), dtype=torch.float32)
+        p0 = 0
+        while p0 < len(cands):
+            p1 = int(np.searchsorted(cum, cum[p0] + self._RERANK_BLOCK_TOKENS, side="right")) - 1
+            p1 = min(max(p1, p0 + 1), len(cands))
+            n_tok = int(cum[p1] - cum[p0])
+            token_index = np.repeat(starts[p0:p1] - cum[p0:p1] + cum[p0], lengths[p0:p1]) + np.arange(n_tok)
+            block = store.vectors.index_select(0, torch.from_numpy(token_index))
+            scores[p0:p1] = segment_maxsim(q, qmask, block, lengths[p0:p1])[0]
+            p0 = p1
+        return scores
+
+    def save(self, folder: Path) -> dict[str, Any]:
+        self._faiss().write_index(self.index, str(folder / "faiss.index"))
+        return {
+            "nlist": self.nlist,
+            "nprobe": self.nprobe,
+            "tokens_per_query_token": self.tokens_per_query_token,
+            "max_rerank": self.max_rerank,
+            "min_tokens_per_query_token": self.min_tokens_per_query_token,
+        }
+
+    @classmethod
+    def load(cls, folder: Path, params: dict[str, Any]) -> FaissBackend:
+        backend = cls(
+            nlist=params.get("nlist"),
+            nprobe=int(params.get("nprobe", 8)),
+            tokens_per_query_token=int(params.get("tokens_per_query_token", 64)),
+        )
+        backend.min_tokens_per_query_token = int(params.get("min_tokens_per_query_token", 128))
+        if "max_rerank" in params:
+            backend.max_rerank = int(params["max_rerank"])
+        else:  # saved before candidates were pruned: rerank every candidate, as that version did
+            backend.max_rerank = 1 << 62
+        backend.index = read_index_file(folder / "faiss.index", cls._faiss().read_index)
+        backend.index.nprobe = backend.nprobe
+        return backend
