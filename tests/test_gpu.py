@@ -16,7 +16,7 @@ import torch
 from jmlr_hf import DocumentIndex
 from jmlr_hf.models import load_llm
 from jmlr_hf.retriever.index import _FaissBackend
-from testing_utils import make_tiny_llm, make_tiny_retriever, tiny_llama_config
+from testing_utils import TRAINER_DEFAULTS, make_tiny_llm, make_tiny_retriever, tiny_llama_config
 
 WORDS = "aspirin metformin insulin statin warfarin heparin asthma sepsis anemia fever cough rash pain dose".split()
 
@@ -191,18 +191,8 @@ def test_qlora_joint_step_trains_lora_and_the_retriever(tmp_path, bert_tokenizer
     retriever = make_tiny_retriever(bert_tokenizer)
     index = DocumentIndex.build(demo.corpus, retriever, backend="exact")
     args = JMLRTrainingArguments(
+        **{**TRAINER_DEFAULTS, "use_cpu": False, "max_steps": 1, "bf16": torch.cuda.is_bf16_supported()},
         output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=2,
-        num_candidate_docs=6,
-        num_scored_docs=3,
-        num_context_docs=2,
-        max_context_tokens=256,
-        learning_rate=1e-3,
-        retriever_learning_rate=5e-3,
-        max_steps=1,
-        bf16=torch.cuda.is_bf16_supported(),
-        save_strategy="no",
-        report_to="none",
     )
     trainer = JMLRTrainer(
         model=llm,

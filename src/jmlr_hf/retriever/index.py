@@ -40,8 +40,8 @@ logger = logging.getLogger(__name__)
 Backend = Literal["auto", "exact", "faiss"]
 INDEX_FORMAT_VERSION = 1
 AUTO_FAISS_MIN_PASSAGES = 2048
-# The files of a saved index (faiss.index for the faiss backend only), the config first.
-_INDEX_FILES = ("index_config.json", "passages.parquet", "vectors.safetensors", "faiss.index")
+#: The files of every saved index, the config first (a backend adds its own ``files``).
+INDEX_FILES = ("index_config.json", "passages.parquet", "vectors.safetensors")
 
 
 class SearchHit(TypedDict):
@@ -332,7 +332,7 @@ class DocumentIndex:
 
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
-        for name in _INDEX_FILES:  # index_config.json first
+        for name in INDEX_FILES + tuple(f for b in BACKENDS.values() for f in b.files):  # config first
             (folder / name).unlink(missing_ok=True)
         pq.write_table(pa.table(self.passages), str(folder / "passages.parquet"))
         save_file(
@@ -427,4 +427,16 @@ class DocumentIndex:
         logger.warning("%s; search uses stale vectors until index.refresh() is called", message)
 
 
-__all__ = ["DocumentIndex", "IndexFileError", "SearchHit", "StaleIndexError"]
+def missing_index_files(folder: str | os.PathLike) -> list[str]:
+    """The files a saved index needs that ``folder`` lacks (its backend's own files too)."""
+    root = Path(folder)
+    try:
+        config = json.loads((root / "index_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    backend = BACKENDS.get(config.get("backend") if isinstance(config, dict) else None)
+    needed = INDEX_FILES + (backend.files if backend is not None else ())
+    return [name for name in needed if not (root / name).is_file()]
+
+
+__all__ = ["DocumentIndex", "IndexFileError", "SearchHit", "StaleIndexError", "missing_index_files"]

@@ -25,7 +25,6 @@ from typing import Any
 from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-# The folder names are jmlr_hf.layout's; imported here, they stay importable from this module too.
 from ..layout import (  # noqa: F401
     INDEX_DIR,
     RETRIEVER_DIR,
@@ -34,10 +33,12 @@ from ..layout import (  # noqa: F401
     STATE_FILE,
 )
 
+# The folder names are jmlr_hf.layout's; imported here, they stay importable from this module too.
+from ..retriever.index import missing_index_files
+
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE_FILE = "trainer_state.json"
-INDEX_FILES = ("index_config.json", "passages.parquet", "vectors.safetensors")
 _RETRIEVER_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
@@ -51,17 +52,6 @@ def missing_parts(folder: str | os.PathLike) -> list[str]:
     if not any((root / RETRIEVER_DIR / name).is_file() for name in _RETRIEVER_WEIGHTS):
         missing.append(f"{RETRIEVER_DIR}/model.safetensors")
     return missing + [f"{INDEX_DIR}/{name}" for name in missing_index_files(root / INDEX_DIR)]
-
-
-def missing_index_files(folder: str | os.PathLike) -> list[str]:
-    """The files a saved index needs that ``folder`` lacks (``faiss.index`` too for the faiss backend)."""
-    root = Path(folder)
-    try:
-        config = json.loads((root / "index_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        config = {}
-    needed = INDEX_FILES + (("faiss.index",) if config.get("backend") == "faiss" else ())
-    return [name for name in needed if not (root / name).is_file()]
 
 
 def untied_missing_keys(module: nn.Module, missing: Sequence[str]) -> list[str]:

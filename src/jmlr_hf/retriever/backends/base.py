@@ -27,6 +27,8 @@ class IndexBackend(ABC):
 
     #: The name saved in ``index_config.json`` (``DocumentIndex.build(backend=name)``).
     name: ClassVar[str]
+    #: The files :meth:`save` writes into the index folder.
+    files: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def build(self, store: VectorStore) -> None:

@@ -61,6 +61,7 @@ class FaissBackend(IndexBackend):
     HIT_BUDGET_TOKENS = 32
 
     name = "faiss"
+    files = ("faiss.index",)
     # Candidate passages reranked exactly per query (pruned by an approximate score beyond that).
 
     def __init__(
@@ -156,19 +157,20 @@ class FaissBackend(IndexBackend):
     def search(self, store: VectorStore, q: torch.Tensor, qmask: torch.Tensor, k: int):
         all_scores, all_ids = [], []
         for i in range(q.shape[0]):
-            rows = q[i][qmask[i].bool()] if qmask[i].any() else q[i][:1]
+            # the query's own vectors only: its padding is neither searched nor reranked
+            valid = qmask[i].bool()
+            rows = q[i][valid] if valid.any() else q[i][:1]
+            rows_mask = torch.full((1, len(rows)), bool(valid.any()))
             tpq = self.hits_per_token(len(rows))
             sims, token_ids = self._search_index().search(np.ascontiguousarray(rows.float().numpy()), tpq)
-            cands = self._candidates(store, sims, token_ids, np.ones(len(rows), dtype=bool), k)
-            scores = self._rerank(store, q[i : i + 1], qmask[i : i + 1], cands)
+            cands = self._candidates(store, sims, token_ids, k)
+            scores = self._rerank(store, rows[None], rows_mask, cands)
             top = scores.topk(k)
             all_scores.append(top.values)
             all_ids.append(torch.from_numpy(cands)[top.indices])
         return torch.return_types.topk((torch.stack(all_scores), torch.stack(all_ids)))
 
-    def _candidates(
-        self, store: VectorStore, sims: np.ndarray, token_ids: np.ndarray, valid_rows: np.ndarray, k: int
-    ) -> np.ndarray:
+    def _candidates(self, store: VectorStore, sims: np.ndarray, token_ids: np.ndarray, k: int) -> np.ndarray:
         """Sorted passage indices to rerank for one query, from its token hits ``[Lq, tpq]``.
 
         Every passage with a retrieved token is a candidate. When there are more than
@@ -177,7 +179,7 @@ class FaissBackend(IndexBackend):
         of them, half the smallest similarity that token retrieved) and the best ``max_rerank``
         are kept.
         """
-        hit = (token_ids >= 0) & valid_rows[:, None]
+        hit = token_ids >= 0  # faiss pads a row that found fewer hits with -1
         rows = np.nonzero(hit)[0]
         passages = self._token_passages(store)[token_ids[hit]]
         limit = max(self.max_rerank, k)
