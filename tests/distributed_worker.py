@@ -68,7 +68,7 @@ def build_trainer(
     for module in retriever.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
-    return make_trainer(
+    trainer = make_trainer(
         output_dir,
         llm_tokenizer,
         bert_tokenizer,
@@ -78,6 +78,8 @@ def build_trainer(
         callbacks=callbacks,
         **{**COMMON, "output_dir": str(output_dir), **overrides},
     )
+    trainer.index.batch_size = 4  # several encoding batches for the sharded refresh to split
+    return trainer
 
 
 def snapshot(trainer: JMLRTrainer, prefix: str) -> dict[str, torch.Tensor]:
@@ -129,6 +131,9 @@ def main() -> None:
         )
         == sorted(id(p) for p in trainer.retriever.parameters() if p.requires_grad),
         "last_refresh_step": trainer._last_refresh_step,
+        "refresh_stats": trainer.index.last_encode_stats,  # the refresh: this rank's share of the encoding
+        "index_folder": str(trainer.index.folder),
+        "num_passages": len(trainer.index),
     }
     trainer.accelerator.wait_for_everyone()  # checkpoint-2 is written by rank 0
 

@@ -85,7 +85,7 @@ def assert_same_run(resumed: JMLRTrainer, straight: JMLRTrainer, resumed_from: i
 
 
 def vectors_file(checkpoint: Path) -> os.stat_result:
-    return os.stat(checkpoint / "index" / "vectors.safetensors")
+    return os.stat(checkpoint / "index" / "vectors.npy")
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +222,7 @@ def test_a_kill_while_saving_leaves_the_previous_checkpoint_and_last_skips_the_i
 
 
 @pytest.mark.parametrize(
-    "name", ["vectors.safetensors", "index_config.json", "passages.parquet", "faiss.index"]
+    "name", ["vectors.npy", "doclens.npy", "index_config.json", "passages.arrow", "faiss.index"]
 )
 def test_a_truncated_index_file_is_named(name, tmp_path, bert_tokenizer):
     retriever = make_tiny_retriever(bert_tokenizer)
@@ -285,7 +285,7 @@ def test_checkpoints_share_one_copy_of_an_unchanged_index(saved, tmp_path):
     checkpoint-4 writes a new copy that checkpoint-5 shares."""
     first = [vectors_file(saved / f"checkpoint-{step}") for step in (1, 2, 3)]
     assert len({s.st_ino for s in first}) == 1 and first[0].st_nlink >= 3
-    for name in ("index_config.json", "passages.parquet"):
+    for name in ("index_config.json", "passages.arrow"):
         assert len({os.stat(saved / f"checkpoint-{s}" / "index" / name).st_ino for s in (1, 2, 3)}) == 1
 
     out = tmp_path / "out"

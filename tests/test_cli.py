@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from jmlr_hf import DocumentIndex, JMLRRetriever
 from jmlr_hf.cli import build_parser, main
 from jmlr_hf.data import chunk_corpus, load_corpus, load_qa_dataset
-from jmlr_hf.evaluation import evaluate_mcq, retrieve_passages
+from jmlr_hf.evaluation import evaluate_mcq, retrieve_passages, sample_indices
 from jmlr_hf.retriever import StaleIndexError
 from testing_utils import make_cli_assets, make_tiny_retriever
 from testing_utils import run_cli as _run
@@ -165,6 +165,7 @@ def test_eval_closed_book_matches_evaluate_mcq(assets, reference, tmp_path, caps
     result = saved["results"]["test"]
     assert result["accuracy"] == expected.accuracy and result["mode"] == "closed-book"
     assert result["questions"] == len(test)
+    assert result["k"] is None and saved["settings"]["k"] == 0  # no passages in a closed-book prompt
     assert saved["details"]["test"]["predictions"] == expected.predictions
     assert "| dataset | mode | k | accuracy | questions |" in out
 
@@ -227,7 +228,10 @@ def test_eval_mirage_subset_and_limit(assets, tmp_path, capsys):
     assert code == 0
     saved = json.loads(output.read_text())
     assert list(saved["results"]) == ["medqa"] and saved["results"]["medqa"]["questions"] == 3
-    assert saved["details"]["medqa"]["ids"] == ["medqa-q0", "medqa-q1", "medqa-q2"]
+    # --limit: a seeded sample stratified by answer (jmlr_hf.evaluation.sample_indices), not the first 3
+    picked = sample_indices(rows, 3, seed=0)
+    assert saved["details"]["medqa"]["ids"] == [f"medqa-q{i}" for i in picked]
+    assert saved["settings"]["seed"] == 0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -275,6 +279,39 @@ def test_ask_with_options(assets, capsys):
         capsys,
     )
     assert code == 0 and "   A. Velorin" in out and "[1] " in out
+
+
+def _ask_hits(assets, question, k):
+    index = DocumentIndex.load(assets["index"], JMLRRetriever.from_pretrained(assets["retriever"]))
+    return index.search([question], k=k)[0]
+
+
+def test_ask_lists_exactly_the_passages_that_fit_the_context_budget(assets, llm_tokenizer, capsys):
+    from jmlr_hf.prompting import PromptBuilder
+
+    question = assets["task"].test[0]["question"]
+    argv = ["ask", question, "--model", assets["llm"], "--index", assets["index"]]
+    argv += ["--retriever", assets["retriever"], "--k", "4", "--max-context-tokens", "40"]
+    argv += ["--max-new-tokens", "2"]
+    code, out, _ = _run(argv, capsys)
+    assert code == 0
+    hits = _ask_hits(assets, question, 4)
+    placed = PromptBuilder(llm_tokenizer, max_context_tokens=40).placed_passages(hits)
+    assert 0 < len(placed) < 4  # the budget dropped some of the 4 retrieved
+    listed = re.findall(r"^\[(\d+)\] .*\((\S+), -?[0-9.]+\)$", out, re.MULTILINE)
+    assert listed == [(str(rank), p["doc_id"]) for rank, p in enumerate(placed, 1)]
+    assert f"{len(placed)} of the 4 retrieved fit the 40-token context budget" in out
+
+
+def test_ask_k_defaults_to_the_trained_num_context_docs(assets, tmp_path, capsys):
+    model = tmp_path / "trained"
+    shutil.copytree(assets["llm"], model)
+    (model / "jmlr_inference.json").write_text(json.dumps({"num_context_docs": 2}))
+    question = assets["task"].test[0]["question"]
+    argv = ["ask", question, "--model", model, "--index", assets["index"], "--retriever", assets["retriever"]]
+    code, out, _ = _run(argv + ["--max-new-tokens", "2"], capsys)
+    assert code == 0 and "2 of the 2 retrieved fit" in out
+    assert re.search(r"^\[2\] ", out, re.MULTILINE) and not re.search(r"^\[3\] ", out, re.MULTILINE)
 
 
 # ---------------------------------------------------------------------------------------------------

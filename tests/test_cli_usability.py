@@ -164,12 +164,12 @@ def _truncate(path: Path) -> None:
 @pytest.mark.parametrize(
     "name, damage, expected",
     [
-        ("vectors.safetensors", _truncate, "vectors.safetensors: cannot be read"),
+        ("vectors.npy", _truncate, "vectors.npy: cannot be read"),
         ("faiss.index", _truncate, "faiss.index: cannot be read"),
         ("faiss.index", Path.unlink, "faiss.index: missing from the saved index"),
         ("index_config.json", _truncate, "index_config.json: cannot be read"),
         ("index_config.json", Path.unlink, "(no index_config.json)"),
-        ("passages.parquet", Path.unlink, "passages.parquet: missing from the saved index"),
+        ("passages.arrow", Path.unlink, "passages.arrow: missing from the saved index"),
     ],
 )
 def test_broken_index_files_are_named_in_one_line(assets, tmp_path, capsys, name, damage, expected):

@@ -103,6 +103,11 @@ def test_two_processes_keep_identical_replicas_and_train_both_models(two_process
         for name in a:
             assert torch.equal(a[name], b[name]), f"{part}{name} differs across ranks"
     assert torch.equal(r0["final.index.vectors"], r1["final.index.vectors"])
+    # The refresh was sharded: each rank encoded part of the passages into one shared, mapped store.
+    counts = [j["refresh_stats"]["passages_encoded"] for j in (j0, j1)]
+    assert sum(counts) == j0["num_passages"] and abs(counts[0] - counts[1]) <= 4, counts  # batches of 4
+    assert [j["refresh_stats"]["world_size"] for j in (j0, j1)] == [2, 2]
+    assert j0["index_folder"] == j1["index_folder"] == str(out / "run" / "index_store" / "refresh-2")
     assert not torch.equal(
         r0["final.index.vectors"], r0["init.index.vectors"]
     )  # the refresh used new weights
@@ -116,7 +121,7 @@ def test_two_processes_keep_identical_replicas_and_train_both_models(two_process
     # Only the main process saved: one checkpoint folder per save step, each with the retriever and index.
     for step in (2, 4):
         ckpt = out / "run" / f"checkpoint-{step}"
-        for name in ("model.safetensors", "retriever/model.safetensors", "index/vectors.safetensors"):
+        for name in ("model.safetensors", "retriever/model.safetensors", "index/vectors.npy"):
             assert (ckpt / name).is_file(), f"checkpoint-{step}/{name}"
 
 

@@ -224,7 +224,9 @@ def test_resume_checkpoint_resolution(tmp_path):
         "retriever/config.json",
         "retriever/model.safetensors",
     ]
-    complete += [f"index/{name}" for name in ("index_config.json", "passages.parquet", "vectors.safetensors")]
+    complete += [
+        f"index/{name}" for name in ("index_config.json", "passages.arrow", "vectors.npy", "doclens.npy")
+    ]
     for step in (2, 10):  # complete checkpoints: the files JMLRTrainer checks for
         for name in complete:
             (tmp_path / f"checkpoint-{step}" / name).parent.mkdir(parents=True, exist_ok=True)

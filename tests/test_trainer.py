@@ -154,7 +154,7 @@ def test_save_layout_and_resume_is_identical(tmp_path, llm_tokenizer, bert_token
         "scheduler.pt",
         "retriever/model.safetensors",
         "retriever/tokenizer.json",
-        "index/vectors.safetensors",
+        "index/vectors.npy",
         "jmlr_state.json",
         "tokenizer.json",
     ):

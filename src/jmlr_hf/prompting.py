@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .data.qa import format_question
+from .data.qa import format_question, format_target
 
 __all__ = [
     "CLOSED_BOOK_TEMPLATE",
@@ -35,7 +35,8 @@ __all__ = [
 DEFAULT_PROMPT_TEMPLATE = (
     "Use the clinical guideline excerpts to answer the medical question.\n\n"
     "{context}\n\nQuestion: {question}\n"
-    "Answer with the letter of the correct option, then explain."
+    "Answer with the letter of the correct option first, then explain in one to three sentences, "
+    "citing the excerpts that support each sentence as [n]."
 )
 #: Budget (LLM tokens) of the joined passages: the paper's 7 passages of 180 retriever tokens fit.
 DEFAULT_MAX_CONTEXT_TOKENS = 2048
@@ -82,7 +83,7 @@ class PromptBuilder:
         Question: First-line drug for diabetes?
         A. Metformin
         B. Aspirin
-        Answer with the letter of the correct option, then explain.
+        Answer with the letter of the correct option first, then explain in one to three sentences, citing the excerpts that support each sentence as [n].
         Answer:
         >>> batch = builder.batch([builder.prompt(row)], ["A. Metformin"])  # loss on the target tokens only
         >>> sorted(batch), batch["target_lengths"].tolist()
@@ -129,6 +130,21 @@ class PromptBuilder:
             budget -= header + len(ids) + 2
         return kept
 
+    def placed_passages(self, passages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The passages :meth:`prompt` actually places (best first; cut or dropped to fit the budget)."""
+        return self._truncate_passages(passages)
+
+    def target(self, row: Mapping[str, Any], passages: Sequence[Mapping[str, Any]] = ()) -> str:
+        """The training target of ``row`` under a prompt with ``passages``: :func:`format_target`, each
+        explanation sentence followed by ``[n]`` of the placed passage that supports it best (content-word
+        precision >= 0.6, :func:`~jmlr_hf.evaluation.grounding.cite_passages`), so ``[n]`` matches the prompt."""
+        from .evaluation.grounding import cite_passages  # lazy: evaluation imports this module
+
+        explanation = (row.get("explanation") or "").strip()
+        if passages and explanation:
+            row = {**row, "explanation": cite_passages(explanation, self.placed_passages(passages))}
+        return format_target(row)
+
     def prompt(self, row: Mapping[str, Any], passages: Sequence[Mapping[str, Any]] = ()) -> str:
         """The full prompt text (up to where the answer starts) for a QA row and its passages."""
         question = format_question(row)
@@ -144,7 +160,8 @@ class PromptBuilder:
         return message + "\nAnswer: "
 
     def target_ids(self, target: str, add_eos: bool = True) -> list[int]:
-        """Token ids of an answer (no special tokens), ended by EOS unless ``add_eos`` is false."""
+        """Token ids of an answer tokenized on its own (no special tokens), ended by EOS unless ``add_eos`` is
+        false; :meth:`encode` gives the ids the answer has after a prompt (what :meth:`batch` trains on)."""
         ids = self.tokenizer(target, add_special_tokens=False)["input_ids"]
         eos = self.tokenizer.eos_token_id
         return ids + ([eos] if eos is not None and add_eos else [])
@@ -153,6 +170,24 @@ class PromptBuilder:
         """Token ids of a prompt from :meth:`prompt`."""
         # The chat template already holds the special tokens it needs.
         return self.tokenizer(prompt, add_special_tokens=not self.use_chat_template)["input_ids"]
+
+    def encode(self, prompt: str, target: str, add_eos: bool = True) -> tuple[list[int], list[int]]:
+        """``(prompt ids, target ids)`` with the target tokenized as the tokenizer writes it after the prompt.
+
+        The prompt's trailing spaces move to the target, and the target's ids are the tail of the
+        tokenized ``prompt + target``: after ``"...Answer: "`` a base model's target starts with the
+        one token ``" A"`` of ordinary text, not a lone ``" "`` then ``"A"`` (sentencepiece and GPT-2
+        tokenizers alike). Training, utility scoring and evaluation all score targets this way.
+        """
+        head = prompt.rstrip(" ")
+        plain_head = self.tokenizer(head, add_special_tokens=False)["input_ids"]
+        full = self.tokenizer(prompt + target, add_special_tokens=False)["input_ids"]
+        if full[: len(plain_head)] == plain_head:
+            ids = full[len(plain_head) :]
+        else:  # a token spans the boundary (rare): the tail tokenized on its own still spells the text
+            ids = self.tokenizer(prompt[len(head) :] + target, add_special_tokens=False)["input_ids"]
+        eos = self.tokenizer.eos_token_id
+        return self.prompt_ids(head), ids + ([eos] if eos is not None and add_eos else [])
 
     def batch(
         self,
@@ -166,8 +201,9 @@ class PromptBuilder:
         pads the prompts alone (for inference)."""
         seqs, labels, target_lengths = [], [], []
         for prompt, target in zip(prompts, targets if targets is not None else [None] * len(prompts)):
-            p = self.prompt_ids(prompt)
-            t = self.target_ids(target, add_eos) if target is not None else []
+            p, t = (
+                self.encode(prompt, target, add_eos) if target is not None else (self.prompt_ids(prompt), [])
+            )
             seqs.append(p + t)
             labels.append([IGNORE_INDEX] * len(p) + t)
             target_lengths.append(len(t))

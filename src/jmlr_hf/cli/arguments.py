@@ -34,15 +34,16 @@ class DemoArguments:
     """``jmlr demo``: JMLR end to end on the embedded defaults and the synthetic demo task."""
 
     output_dir: str = flag("jmlr-demo", "folder for results, plot, model and index")
-    max_steps: int | None = flag(None, "training steps (default: the demo's 100)")
+    max_steps: int | None = flag(None, "training steps (default: the demo's 80)")
     seed: int = flag(0, "seed of the synthetic task and of training")
-    num_facts: int | None = flag(None, "synthetic guideline facts (default: 160; 120 retrieval-only)")
+    num_facts: int | None = flag(None, "synthetic guideline facts (default: 100; 120 retrieval-only)")
+    max_eval_questions: int | None = flag(None, "held-out questions scored (default: all, 160)")
     retrieval_only: bool = flag(False, "only the retrieval demo (recall of the untrained retriever)")
     k: int = flag(7, "retrieval-only: passages retrieved per question")
     backend: IndexBackend = index_backend_option()
 
     def __post_init__(self) -> None:
-        _check_positive(self, "max_steps", "num_facts", "k")
+        _check_positive(self, "max_steps", "num_facts", "max_eval_questions", "k")
 
 
 @dataclass
@@ -114,19 +115,39 @@ class EvalArguments(InferenceArguments):
     )
     method: MCQMethod = flag(
         "loglik",
-        "how the answer is read: answer-letter log-likelihood, log-likelihood of the whole "
-        "'<letter>. <option>' answer, or greedy generation parsed for a letter",
+        "how the answer is read: answer-letter log-likelihood, log-likelihood of the option text "
+        "(acc and length-normalised acc_norm), or greedy generation (answer + rationale) parsed for the option",
     )
-    limit: int | None = flag(None, "first N questions per dataset", metavar="N")
+    limit: int | None = flag(
+        None,
+        "score a seeded random sample of N questions per dataset, stratified by gold answer (files are often "
+        "sorted by answer: never the first N)",
+        metavar="N",
+    )
+    seed: int = flag(0, "seed of the --limit sample")
+    max_new_tokens: int = flag(96, "--method generate: tokens generated (the answer and a short rationale)")
     batch_size: int = flag(8, "questions per forward")
     output: str | None = flag(None, "write results (and per-question predictions) as JSON", metavar="FILE")
+    judge_model: str | None = flag(
+        None,
+        "--method generate: an LLM (folder or Hub id) that judges this run's rationales against --compare's, "
+        "pairwise in both orders (win rate with a 95 percent bootstrap interval)",
+        metavar="NAME",
+    )
+    compare: str | None = flag(
+        None, "the --output JSON of another `jmlr eval --method generate` run, judged against", metavar="FILE"
+    )
     quiet: bool = flag(False, _QUIET_HELP, aliases=["-q"])
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_positive(self, "limit", "batch_size")
+        _check_positive(self, "limit", "batch_size", "max_new_tokens")
         if self.mirage_subset and self.format != "mirage":
             raise ValueError("--mirage-subset only applies to --format mirage")
+        if (self.judge_model is None) != (self.compare is None):
+            raise ValueError("--judge-model and --compare go together: the judge compares this run with it")
+        if self.judge_model is not None and self.method != "generate":
+            raise ValueError("--judge-model judges generated rationales: add --method generate")
 
 
 @dataclass(kw_only=True)

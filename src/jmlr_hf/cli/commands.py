@@ -63,18 +63,23 @@ def _demo(args: DemoArguments) -> int:
         settings["max_steps"] = args.max_steps
     if args.num_facts is not None:
         settings["num_facts"] = args.num_facts
+    if args.max_eval_questions is not None:
+        settings["max_eval_questions"] = args.max_eval_questions
     summary = demo_run.run_demo(demo_run.DemoConfig(**settings))
     out = args.output_dir
-    print(results_to_markdown(summary["results"]))
+    print(summary.get("table") or results_to_markdown(summary["results"]))
+    if summary.get("differences_table"):
+        print(f"\nPaired differences (same questions, 95% intervals):\n{summary['differences_table']}")
     print(
         f"\n{summary['num_test_questions']} held-out questions, {summary['num_train_questions']} training "
         f"questions; trained in {summary['train_seconds']}s ({summary['total_seconds']}s in all)."
     )
     print(f"\nWritten to {out}/:")
     for name, what in (
-        ("results.json", "all numbers, the training log and the settings"),
-        ("results.md", "the table above"),
-        ("training_curves.png", "lm_loss, rank_loss and held-out recall against the step"),
+        ("results.json", "all numbers, per-question scores, the training log and the settings"),
+        ("results.md", "the tables above"),
+        ("generations.jsonl", "each system's generated answer and rationale per question"),
+        ("training_curves.png", "lm_loss, rank_loss, held-out recall; accuracy, hallucination, support"),
         ("model/", "the trained LLM, model/retriever/ (the trained retriever), model/index/ (re-encoded)"),
     ):
         print(f"  {os.path.join(out, name)}  {what}")
@@ -103,35 +108,75 @@ def _load_corpus_files(paths: list[str]) -> Any:
 
 
 def _index(args: IndexArguments) -> int:
+    """Encodes straight into ``--output``; under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` > 1)
+    every process encodes 1/N of the passages into it and rank 0 alone prints."""
     from ..recipe import load_retriever
     from ..retriever import DocumentIndex
 
     start = time.perf_counter()
-    if args.refresh:
-        if not (Path(args.output) / "index_config.json").is_file():
-            raise FileNotFoundError(f"{args.output} is not a saved index (no index_config.json) to refresh")
-        retriever = load_retriever(args.retriever).to(device(args.device)).eval()
-        index = DocumentIndex.load(args.output, retriever, allow_stale=True)
-        index.refresh(retriever, show_progress_bar=not args.quiet)
-        action = "Re-encoded"
-    else:
-        corpus = _load_corpus_files(args.corpus)
-        retriever = load_retriever(args.retriever).to(device(args.device)).eval()
-        index = DocumentIndex.build(
-            corpus,
-            retriever,
-            backend=args.backend,
-            chunk_tokens=args.chunk_tokens,
-            chunk_overlap=args.chunk_overlap,
-            show_progress_bar=not args.quiet,
-        )
-        action = f"Indexed {len(corpus)} documents as"
-    index.save(args.output)
-    print(
-        f"{action} {len(index)} passages ({index.backend.name} backend) in "
-        f"{time.perf_counter() - start:.1f}s; saved to {args.output}"
-    )
+    rank, owns_group = _init_process_group_from_env()
+    try:
+        on_device = _process_device(args.device)
+        show = not args.quiet and rank == 0
+        if args.refresh:
+            if not (Path(args.output) / "index_config.json").is_file():
+                raise FileNotFoundError(
+                    f"{args.output} is not a saved index (no index_config.json) to refresh"
+                )
+            retriever = load_retriever(args.retriever).to(on_device).eval()
+            index = DocumentIndex.load(args.output, retriever, allow_stale=True)
+            index.refresh(retriever, show_progress_bar=show, folder=args.output)
+            action = "Re-encoded"
+        else:
+            corpus = _load_corpus_files(args.corpus)
+            retriever = load_retriever(args.retriever).to(on_device).eval()
+            index = DocumentIndex.build(
+                corpus,
+                retriever,
+                backend=args.backend,
+                chunk_tokens=args.chunk_tokens,
+                chunk_overlap=args.chunk_overlap,
+                show_progress_bar=show,
+                folder=args.output,
+            )
+            action = f"Indexed {len(corpus)} documents as"
+        if rank == 0:
+            index.save(args.output)  # the files are there already: only checks nothing is missing
+            print(
+                f"{action} {len(index)} passages ({index.backend.name} backend) in "
+                f"{time.perf_counter() - start:.1f}s; saved to {args.output}"
+            )
+    finally:
+        if owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     return 0
+
+
+def _init_process_group_from_env() -> tuple[int, bool]:
+    """Join the ``torch.distributed`` group a launcher describes (``WORLD_SIZE`` > 1 in the environment):
+    nccl with CUDA, else gloo. Returns this process's rank and whether this call created the group."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return 0, False
+    if dist.is_initialized():
+        return dist.get_rank(), False
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), True
+
+
+def _process_device(name: str | None) -> Any:
+    """``--device`` for this process: a bare ``cuda`` means this process's GPU (``LOCAL_RANK``) under a launcher."""
+    import torch
+
+    chosen = device(name)
+    if chosen.type == "cuda" and chosen.index is None and "LOCAL_RANK" in os.environ:
+        chosen = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(chosen)  # nccl collectives run on the current device
+    return chosen
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -176,6 +221,7 @@ TRAIN_EPILOG = "\n".join(
 
 def _eval_datasets(args: EvalArguments) -> dict[str, Any]:
     from ..data import load_mirage, load_qa_dataset
+    from ..evaluation import sample_questions
 
     if not os.path.isfile(args.data):
         raise FileNotFoundError(f"QA file not found: {args.data}")
@@ -183,8 +229,8 @@ def _eval_datasets(args: EvalArguments) -> dict[str, Any]:
         datasets = load_mirage(args.data, args.mirage_subset)
     else:
         datasets = {Path(args.data).stem: load_qa_dataset(args.data, args.format, split=args.split)}
-    if args.limit is not None:
-        datasets = {name: ds.select(range(min(args.limit, len(ds)))) for name, ds in datasets.items()}
+    if args.limit is not None:  # a seeded sample stratified by answer: benchmark files are often sorted
+        datasets = {name: sample_questions(ds, args.limit, seed=args.seed) for name, ds in datasets.items()}
     return datasets
 
 
@@ -209,6 +255,9 @@ def _eval(args: EvalArguments) -> int:
         results[name], details[name] = _evaluate(
             args, llm, tokenizer, dataset, index, k, max_context_tokens, template
         )
+    if args.judge_model is not None:
+        del llm  # room for the judge
+        _judge(args, results, details)
     print(results_to_markdown(results, row_header="dataset"))
     if args.output:
         settings = {
@@ -218,11 +267,14 @@ def _eval(args: EvalArguments) -> int:
             "data": args.data,
             "format": args.format,
             "mode": mode,
-            "k": k,
+            "k": k if mode == "rag" else 0,  # closed-book prompts hold no passages
             "method": args.method,
             "max_context_tokens": max_context_tokens,
             "limit": args.limit,
+            "seed": args.seed if args.limit is not None else None,
         }
+        if args.method == "generate":
+            settings["max_new_tokens"] = args.max_new_tokens
         save_results({"results": results, "details": details, "settings": settings}, args.output)
         print(f"\nWrote {args.output}")
     return 0
@@ -251,18 +303,52 @@ def _evaluate(
         max_context_tokens=budget,
         method=args.method,
         batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
         show_progress_bar=not args.quiet,
     )
     row = {
         "mode": "rag" if index is not None else "closed-book",
         "k": k if index is not None else None,
         "accuracy": result.accuracy,
+        **({"acc_norm": result.accuracy_norm} if result.accuracy_norm is not None else {}),
         "questions": result.num_questions,
     }
     details = result.to_dict()
     if passages is not None:
         details["passages"] = [[h["passage_id"] for h in hits] for hits in passages]
     return row, details
+
+
+def _judge(args: EvalArguments, results: dict[str, Any], details: dict[str, Any]) -> None:
+    """Judge this run's rationales (system A) against ``--compare``'s (B), per dataset, questions matched by
+    id; adds ``judge_win_rate`` and its interval to the results and the verdicts to the details."""
+    import json
+
+    from ..evaluation import pairwise_judge
+
+    with open(args.compare, encoding="utf-8") as f:
+        other = json.load(f).get("details", {})
+    judge, tokenizer = load_llm(args.judge_model, args.dtype)
+    judge.to(device(args.device))
+    for name, mine in details.items():
+        theirs = dict(zip(other.get(name, {}).get("ids", []), other.get(name, {}).get("generations") or []))
+        pairs = [(g, theirs[i]) for i, g in zip(mine["ids"], mine.get("generations") or []) if i in theirs]
+        if not pairs:
+            raise ValueError(
+                f"{args.compare} holds no generations for the questions of {name!r}: give the --output of a "
+                "`jmlr eval --method generate` run on the same data"
+            )
+        verdict = pairwise_judge(
+            judge, tokenizer, [a for a, _ in pairs], [b for _, b in pairs], batch_size=args.batch_size
+        )
+        results[name].update(
+            judge_win_rate=verdict.win_rate, judge_ci_low=verdict.ci_low, judge_ci_high=verdict.ci_high
+        )
+        details[name]["judge"] = {
+            "judge_model": args.judge_model,
+            "compare": args.compare,
+            **verdict.to_dict(),
+        }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -295,23 +381,42 @@ def _ask(args: AskArguments) -> int:
         [args.question], k=k
     )[0]
     llm, tokenizer = load_llm(args.model, args.dtype)
-    answer = _generate(llm.to(on).eval(), tokenizer, args, options, hits, max_context_tokens, template)
+    answer, placed = _generate(
+        llm.to(on).eval(), tokenizer, args, options, hits, max_context_tokens, template
+    )
     print(f"Q: {args.question}")
     for letter, text in (options or {}).items():
         print(f"   {letter}. {text}")
-    print(f"\nA: {answer}\n\nPassages:")
-    for rank, hit in enumerate(hits, 1):
-        print(f"[{rank}] {hit['title'] or '(untitled)'} ({hit['doc_id']}, {hit['score']:.2f})")
-        text = " ".join(hit["text"].split())
-        print(f"    {text[:240]}{'...' if len(text) > 240 else ''}")
+    print(f"\nA: {answer}")
+    _print_given_passages(answer, hits, placed, max_context_tokens)
     print("\n(Research model output: not medical advice.)")
     return 0
 
 
+def _print_given_passages(
+    answer: str, hits: list[dict[str, Any]], placed: list[dict[str, Any]], budget: int
+) -> None:
+    """The passages the prompt held after the context budget, numbered as there (so ``[n]`` matches)."""
+    from ..evaluation import invalid_citations
+
+    cut = sum(p["text"] != h["text"] for p, h in zip(placed, hits))
+    fit = f"{len(placed)} of the {len(hits)} retrieved fit the {budget}-token context budget"
+    print(f"\nPassages the model was given ({fit}{f', {cut} cut short' if cut else ''}):")
+    for rank, (passage, hit) in enumerate(zip(placed, hits), 1):
+        print(f"[{rank}] {passage['title'] or '(untitled)'} ({passage['doc_id']}, {passage['score']:.2f})")
+        text = " ".join(passage["text"].split())
+        more = len(text) > 240 or passage["text"] != hit["text"]
+        print(f"    {text[:240]}{'...' if more else ''}")
+    invalid = sorted(set(invalid_citations(answer, len(placed))))
+    if invalid:
+        print(f"(The answer cites {', '.join(f'[{n}]' for n in invalid)}: no passage it was given.)")
+
+
 def _generate(
     llm: Any, tokenizer: Any, args: AskArguments, options: Any, hits: Any, budget: int, template: Any
-) -> str:
-    """Greedy answer to the training prompt built from the question, its options and the passages."""
+) -> tuple[str, list[dict[str, Any]]]:
+    """Greedy answer to the training prompt built from the question, its options and the passages, and
+    the passages that prompt holds (the context budget cuts or drops the least relevant)."""
     import torch
 
     from ..prompting import PromptBuilder
@@ -324,7 +429,9 @@ def _generate(
         "answer": next(iter(options or {"?": ""})),
     }
     builder = PromptBuilder(tokenizer, template, budget)
-    input_ids = torch.tensor([builder.prompt_ids(builder.prompt(row, hits))], device=llm.device)
+    # without the trailing space: the model writes " A" as one token, as training scored it
+    prompt = builder.prompt(row, hits).rstrip(" ")
+    input_ids = torch.tensor([builder.prompt_ids(prompt)], device=llm.device)
     with torch.no_grad():
         output = llm.generate(
             input_ids,
@@ -333,7 +440,8 @@ def _generate(
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
         )
-    return tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True).strip()
+    answer = tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True).strip()
+    return answer, builder.placed_passages(hits)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -378,16 +486,19 @@ COMMANDS: dict[str, Command] = {
             description="Accuracy of an LLM on multiple-choice QA with the training prompt. Closed-book, "
             "or RAG with the top-k passages from --index. JMLR = RAG with the trained model and retriever: "
             "pass the folder `jmlr train` wrote as --model; its retriever/, index/ and prompt settings are "
-            "used automatically.",
+            "used automatically. With --method generate, --judge-model NAME --compare OTHER.json has an LLM "
+            "judge this run's rationales against another run's (both orders; win rate with a 95 percent "
+            "bootstrap interval).",
             arguments=(EvalArguments,),
             run=_eval,
         ),
         Command(
             "ask",
             help="answer one question with retrieved passages",
-            description="Retrieve the top-k passages for a question, prompt the LLM as in training, "
-            "generate greedily, and print the answer with the passages it was given. Research output, not "
-            "medical advice.",
+            description="Retrieve the top-k passages for a question (k: the trained num_context_docs unless "
+            "--k), prompt the LLM as in training, generate greedily, and print the answer with its rationale "
+            "and exactly the passages the prompt held after the context budget, numbered as there so the "
+            "rationale's [n] citations match. Research output, not medical advice.",
             arguments=(AskArguments,),
             run=_ask,
             positional="question",

@@ -1,8 +1,9 @@
 """Load document corpora (``{id, title, text}``) and chunk them into retrieval passages.
 
-Passages are ``{passage_id, doc_id, title, text}``: windows of ``chunk_tokens`` tokens of the
-document's text (counted with the retriever's tokenizer) that overlap by ``chunk_overlap``
-tokens. Each passage's text is the exact character span of the original document.
+Passages are ``{passage_id, doc_id, title, text}``: windows of at most ``chunk_tokens`` tokens of the
+document's text (counted with the retriever's tokenizer) that overlap by at least ``chunk_overlap``
+tokens and start and end at word boundaries. Each passage's text is the exact character span of the
+original document.
 """
 
 from __future__ import annotations
@@ -142,16 +143,54 @@ def load_corpus(source: CorpusSource) -> Dataset:
     return Dataset.from_dict({"id": ids, "title": titles, "text": texts})
 
 
+def _word_boundary(text: str, offsets: Sequence[tuple[int, int]], j: int) -> bool:
+    """Whether a passage may start at token ``j`` (and the previous one end before it): whitespace lies
+    between them, or they do not both touch letters/digits ("hyper|tension" and "1|000" are not)."""
+    if j <= 0 or j >= len(offsets):
+        return True
+    start, previous_end = offsets[j][0], offsets[j - 1][1]
+    if start > previous_end:
+        return True
+    return not (0 < start < len(text) and text[start - 1].isalnum() and text[start].isalnum())
+
+
+def _window_spans(
+    text: str, offsets: Sequence[tuple[int, int]], size: int, overlap: int
+) -> list[tuple[int, int]]:
+    """Token windows ``[first, end)`` of at most ``size`` tokens that start and end at word boundaries,
+    each starting at least ``overlap`` tokens before the previous one ended (more when a word straddles
+    that point); a single word longer than ``size`` tokens is the only thing ever cut."""
+    n, first, spans = len(offsets), 0, []
+    while True:
+        end = min(first + size, n)
+        while end < n and end > first + 1 and not _word_boundary(text, offsets, end):
+            end -= 1
+        if end < n and not _word_boundary(text, offsets, end):
+            end = min(first + size, n)  # one word longer than the window: cut it
+        spans.append((first, end))
+        if end >= n:
+            return spans
+        start = max(end - overlap, first + 1)
+        while start > first + 1 and not _word_boundary(text, offsets, start):
+            start -= 1
+        if not _word_boundary(text, offsets, start):  # no boundary behind: the next one ahead
+            start = next((j for j in range(start, end) if _word_boundary(text, offsets, j)), end)
+        first = start
+
+
 def chunk_corpus(
     corpus: Dataset,
     tokenizer: Any,
     chunk_tokens: int = 150,
     chunk_overlap: int = 32,
 ) -> dict[str, list[str]]:
-    """Split documents into overlapping token windows.
+    """Split documents into overlapping token windows that start and end at word boundaries.
 
-    Returns column lists ``passage_id``, ``doc_id``, ``title``, ``text``; passage ids are
-    ``"{doc_id}#{k}"``. Needs a fast tokenizer (character offsets).
+    A window holds at most ``chunk_tokens`` tokens and ends where a new word starts (never between two
+    word-pieces of one word, e.g. ``hyper`` / ``##tension``); the next window starts at least
+    ``chunk_overlap`` tokens before it ends, moved back to a word start. Windows together cover all of
+    the document's text. Returns column lists ``passage_id``, ``doc_id``, ``title``, ``text``; passage
+    ids are ``"{doc_id}#{k}"``. Needs a fast tokenizer (character offsets).
     """
     if chunk_tokens <= 0:
         raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
@@ -159,7 +198,6 @@ def chunk_corpus(
         raise ValueError(f"chunk_overlap must be in [0, chunk_tokens), got {chunk_overlap}")
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("chunk_corpus needs a fast tokenizer (for character offsets)")
-    stride = chunk_tokens - chunk_overlap
     out: dict[str, list[str]] = {"passage_id": [], "doc_id": [], "title": [], "text": []}
     ids, titles, texts = corpus["id"], corpus["title"], corpus["text"]
     batch = 256
@@ -177,12 +215,8 @@ def chunk_corpus(
             if not offsets:
                 spans = [(0, len(text))]
             else:
-                spans = []
-                for first in range(0, max(len(offsets) - chunk_overlap, 1), stride):
-                    window = offsets[first : first + chunk_tokens]
-                    spans.append((window[0][0], window[-1][1]))
-                    if first + chunk_tokens >= len(offsets):
-                        break
+                windows = _window_spans(text, offsets, chunk_tokens, chunk_overlap)
+                spans = [(offsets[a][0], offsets[b - 1][1]) for a, b in windows]
             for k, (a, b) in enumerate(spans):
                 out["passage_id"].append(f"{ids[i]}#{k}")
                 out["doc_id"].append(ids[i])

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from datasets import Dataset, Value
 
@@ -266,11 +266,17 @@ class DemoTask:
         train: Training questions: QA rows (``id``, ``question``, ``options`` A-D, ``answer``,
             ``explanation``) plus ``gold_doc_id``, the corpus ``id`` of the passage that answers them.
         test: Test questions, same columns; no fact (passage) has questions in both splits.
+        entities: Every entity name the task can mention, by kind: ``"condition"`` (the invented
+            conditions of all passages), ``"drug"`` (their first-line, alternative and contraindicated
+            drugs) and ``"dose"`` (every dose the generator can write, ``"25 mg twice daily"``, and its
+            amount, ``"25 mg"``). Since all are invented, a rationale naming one that is in neither the
+            question nor its passages hallucinates (:func:`~jmlr_hf.evaluation.hallucination_rate`).
     """
 
     corpus: Dataset
     train: Dataset
     test: Dataset
+    entities: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 class _NameRegistry:
@@ -368,6 +374,15 @@ def _make_fact(rng: random.Random, registry: _NameRegistry, doc_id: str) -> dict
     fact["title"] = rng.choice(_TITLES).format(**fact)
     fact["text"] = " ".join(rng.choice(_SENTENCES[part]).format(**fact) for part in _SENTENCES)
     return fact
+
+
+def _entities(facts: list[dict[str, str]]) -> dict[str, frozenset[str]]:
+    """The known entity names of the facts' task (see :attr:`DemoTask.entities`)."""
+    return {
+        "condition": frozenset(f["c"] for f in facts),
+        "drug": frozenset(f[key] for f in facts for key in ("drug", "alt", "inter")),
+        "dose": frozenset(_DOSES) | {f"{amount} mg" for amount in _AMOUNTS},
+    }
 
 
 # The fact field holding each question type's answer, and the pool its distractors come from.
@@ -501,6 +516,7 @@ def make_demo_task(
         corpus=corpus,
         train=to_qa_dataset(train_rows, extra_features=gold),
         test=to_qa_dataset(test_rows, extra_features=gold),
+        entities=_entities(docs),
     )
     logger.info(
         "Demo task (seed %d): %d passages, %d train and %d test questions",

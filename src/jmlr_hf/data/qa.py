@@ -298,6 +298,8 @@ def format_target(row: Mapping[str, Any]) -> str:
     Returns:
         ``"A. <option text>"`` (the answer text alone when the row has no options), followed by
         ``"\\nExplanation: <explanation>"`` when the row has a non-empty explanation.
+        Under a prompt with passages, :meth:`jmlr_hf.prompting.PromptBuilder.target` first makes each
+        explanation sentence cite its best supporting passage as ``[n]`` (the grounded-answers rule).
 
     Example:
         >>> format_target({"question": "Q?", "options": {"A": "x", "B": "y"}, "answer": "B", "explanation": "Because."})

@@ -1,8 +1,9 @@
 """DocumentIndex: passages, their ColBERT token vectors, and exact or faiss-accelerated MaxSim search.
 
 Token vectors of all passages are stored flat (``[n_tokens, dim]``, bfloat16) with each
-passage's token count (:mod:`jmlr_hf.retriever.store`). Backends behind one interface
-(:class:`~jmlr_hf.retriever.backends.IndexBackend`, one module each) search them:
+passage's token count, in a :class:`~jmlr_hf.retriever.store.TokenStore` (RAM or a memory-mapped
+file). Backends behind one interface (:class:`~jmlr_hf.retriever.backends.IndexBackend`, one module
+each) search them:
 
 - ``"exact"``: brute-force MaxSim over every passage, chunked so that the score matrix of one
   chunk is all that is ever materialised.
@@ -10,8 +11,25 @@ passage's token count (:mod:`jmlr_hf.retriever.store`). Backends behind one inte
   token fetches its nearest document tokens), then exact MaxSim rerank of the candidate passages.
   faiss-gpu is used when the package has GPU support and CUDA is available.
 
-On disk (``save``/``load``): ``index_config.json``, ``passages.parquet`` (arrow),
-``vectors.safetensors`` and, for faiss, ``faiss.index`` (faiss's own format). No pickle.
+On disk (``save`` / ``load``, format version 2), one flat folder, no pickle:
+
+- ``index_config.json``: ``format_version`` (2), backend name and parameters, the retriever's weights
+  fingerprint, ``dim``, ``num_passages``, ``num_tokens``, chunking and batch size. Written last.
+- ``vectors.npy``: the token vectors, ``uint16 [n_tokens, dim]`` holding bfloat16 bits (numpy's ``.npy``
+  format). :meth:`DocumentIndex.load` memory-maps it read-only (``MADV_RANDOM``): every process of a node
+  shares one copy through the page cache, and only the pages search touches are read.
+- ``doclens.npy``: ``int64 [n_passages]``, each passage's token count (passage ``i`` owns the rows
+  ``sum(doclens[:i]) : sum(doclens[:i + 1])``).
+- ``passages.arrow``: ``passage_id``, ``doc_id``, ``title``, ``text`` as an Arrow IPC file, memory-mapped
+  on load (:class:`PassageTable`).
+- the backend's own files (``faiss.index``, faiss's format).
+
+Format version 1 (``passages.parquet`` + ``vectors.safetensors``) still loads, into RAM; saving writes
+version 2. With a ``folder``, :meth:`DocumentIndex.build` and :meth:`DocumentIndex.refresh` encode
+straight into these files, split across the processes of a ``torch.distributed`` run (``accelerate
+launch`` / ``torchrun``): the batches are planned as one process plans them, batch ``b`` goes to
+process ``b % N``, each writes its vectors at their place in one pre-allocated ``vectors.npy``; rank 0
+then builds the backend, and every process maps the result (bit-identical to a 1-process build).
 """
 
 from __future__ import annotations
@@ -19,8 +37,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
@@ -32,16 +51,164 @@ import torch
 from ..data.corpus import CorpusSource, chunk_corpus, load_corpus, passage_text_for_encoding
 from .backends import BACKENDS, ExactBackend, FaissBackend, IndexBackend, IndexFileError, read_index_file
 from .backends.faiss import approximate_maxsim
-from .modeling_jmlr_retriever import EncodedBatch, JMLRRetriever, Precision
-from .store import STORE_DTYPE, VectorStore, segment_maxsim
+from .modeling_jmlr_retriever import EncodedBatch, JMLRRetriever, Precision, batch_plan
+from .store import (
+    STORE_DTYPE,
+    TokenStore,
+    VectorStore,
+    bf16_from_bits,
+    bf16_to_bits,
+    map_npy,
+    segment_maxsim,
+)
 
 logger = logging.getLogger(__name__)
 
 Backend = Literal["auto", "exact", "faiss"]
-INDEX_FORMAT_VERSION = 1
+Compression = Literal[None, "residual"]
+INDEX_FORMAT_VERSION = 2
 AUTO_FAISS_MIN_PASSAGES = 2048
-#: The files of every saved index, the config first (a backend adds its own ``files``).
-INDEX_FILES = ("index_config.json", "passages.parquet", "vectors.safetensors")
+#: The files of every saved index (format version 2), the config first (a backend adds its own ``files``).
+INDEX_FILES = ("index_config.json", "passages.arrow", "vectors.npy", "doclens.npy")
+#: The files of a format version 1 index.
+INDEX_FILES_V1 = ("index_config.json", "passages.parquet", "vectors.safetensors")
+PASSAGE_COLUMNS = ("passage_id", "doc_id", "title", "text")
+# Token vectors converted or copied per block when writing vectors.npy (32 MiB of bf16 at dim 128).
+_WRITE_BLOCK_TOKENS = 1 << 17
+
+
+class PassageTable(Mapping[str, list]):
+    """The passages of an index as an Arrow table (memory-mapped when loaded from ``passages.arrow``).
+
+    ``table[column]`` gives a whole column as a Python list (``index.passages["doc_id"]``, as the dict of
+    lists of earlier versions did); :meth:`row` reads one passage without materialising any column.
+    """
+
+    def __init__(self, table: pa.Table) -> None:
+        missing = [c for c in PASSAGE_COLUMNS if c not in table.column_names]
+        if missing:
+            raise ValueError(f"passages lack the columns {missing} (they need {list(PASSAGE_COLUMNS)})")
+        self.table = table.select(list(PASSAGE_COLUMNS))
+
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, Sequence[str]] | Any) -> PassageTable:
+        """From a dict of lists, a ``pa.Table``, a ``datasets.Dataset`` or another :class:`PassageTable`."""
+        if isinstance(columns, PassageTable):
+            return columns
+        if isinstance(columns, pa.Table):
+            return cls(columns)
+        data = getattr(columns, "data", None)  # datasets.Dataset: its arrow table, no Python lists
+        if data is not None and hasattr(data, "table"):
+            if getattr(columns, "_indices", None) is not None:
+                columns = columns.flatten_indices()
+            return cls(columns.data.table)
+        return cls(pa.table({c: pa.array(list(columns[c]), type=pa.string()) for c in PASSAGE_COLUMNS}))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> PassageTable:
+        """The passages of an Arrow IPC file, memory-mapped (zero-copy)."""
+        with pa.memory_map(str(path), "r") as source:
+            return cls(pa.ipc.open_file(source).read_all())
+
+    def write(self, path: str | os.PathLike) -> None:
+        """Write the passages as an Arrow IPC file (what :meth:`from_file` maps)."""
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, self.table.schema) as writer:
+            writer.write_table(self.table, max_chunksize=1 << 16)
+
+    def append(self, columns: Mapping[str, Sequence[str]]) -> PassageTable:
+        """A new table: these passages followed by ``columns``' (the new rows are in RAM)."""
+        return PassageTable(pa.concat_tables([self.table, PassageTable.from_columns(columns).table]))
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    def row(self, i: int, columns: Sequence[str] = PASSAGE_COLUMNS) -> dict[str, str]:
+        """Passage ``i``'s ``columns``."""
+        return {c: self.table.column(c)[i].as_py() for c in columns}
+
+    def __getitem__(self, column: str) -> list:
+        if column not in PASSAGE_COLUMNS:
+            raise KeyError(column)
+        return self.table.column(column).to_pylist()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(PASSAGE_COLUMNS)
+
+    def __len__(self) -> int:
+        return len(PASSAGE_COLUMNS)
+
+    def __repr__(self) -> str:
+        return f"PassageTable({self.num_rows} passages)"
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes of the default ``torch.distributed`` group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _unlink(folder: Path, names: Iterable[str]) -> None:
+    """Unlink (never rewrite in place) ``names``: a file hard-linked elsewhere or memory-mapped keeps its content."""
+    for name in names:
+        (folder / name).unlink(missing_ok=True)
+
+
+def _all_index_files() -> tuple[str, ...]:
+    """Every file name an index folder of any version or backend may hold, the config first."""
+    names = INDEX_FILES + INDEX_FILES_V1 + tuple(f for b in BACKENDS.values() for f in b.files)
+    return tuple(dict.fromkeys(names))
+
+
+def _file_identity(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size
+
+
+def _write_store_files(folder: Path, blocks: Iterable[torch.Tensor], doclens: np.ndarray, dim: int) -> None:
+    """``vectors.npy`` from ``blocks`` of consecutive token vectors (one block in memory at a time) and
+    ``doclens.npy``."""
+    n_tokens = int(doclens.sum())
+    out = np.lib.format.open_memmap(folder / "vectors.npy", mode="w+", dtype=np.uint16, shape=(n_tokens, dim))
+    t = 0
+    for block in blocks:
+        out[t : t + len(block)] = bf16_to_bits(torch.as_tensor(block))
+        t += len(block)
+    if t != n_tokens:
+        raise ValueError(f"{t} token vectors for doclens summing to {n_tokens}")
+    out.flush()
+    del out
+    np.save(folder / "doclens.npy", np.asarray(doclens, dtype=np.int64), allow_pickle=False)
+
+
+def _read_v2_store(folder: Path) -> VectorStore:
+    """The store of a version-2 folder: ``doclens.npy`` read, ``vectors.npy`` memory-mapped."""
+    doclens = read_index_file(folder / "doclens.npy", lambda f: np.load(f, allow_pickle=False))
+    vectors = read_index_file(folder / "vectors.npy", map_npy)
+    try:
+        return VectorStore(vectors, doclens)
+    except ValueError as err:
+        raise IndexFileError(f"{folder}: vectors.npy and doclens.npy disagree ({err})") from err
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    config_file = folder / "index_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder} is not a saved DocumentIndex (no index_config.json)")
+    config = read_index_file(config_file, lambda f: json.loads(Path(f).read_text(encoding="utf-8")))
+    version = config.get("format_version") if isinstance(config, dict) else None
+    if version not in (1, 2):
+        raise ValueError(
+            f"{config_file}: unsupported index format version {version!r} (this version of jmlr-hf reads "
+            f"versions 1 and 2; a newer jmlr-hf wrote it, or the file is not an index config)"
+        )
+    return config
 
 
 class SearchHit(TypedDict):
@@ -68,6 +235,9 @@ class DocumentIndex:
 
     Build with :meth:`build`, query with :meth:`search`; :meth:`refresh` re-encodes every passage
     with the retriever's current weights (the trainer calls it every ``index_refresh_steps``).
+    ``index.passages`` is a :class:`PassageTable` (``index.passages["doc_id"]`` is a list), ``index.store``
+    a :class:`~jmlr_hf.retriever.store.TokenStore`, ``index.folder`` the version-2 folder the index is
+    memory-mapped from (``None`` while it lives in RAM).
 
     Example:
         >>> import torch
@@ -88,8 +258,8 @@ class DocumentIndex:
 
     def __init__(
         self,
-        passages: dict[str, list[str]],
-        store: VectorStore,
+        passages: PassageTable | Mapping[str, Sequence[str]],
+        store: TokenStore,
         retriever: JMLRRetriever,
         backend: IndexBackend,
         fingerprint: str,
@@ -97,7 +267,7 @@ class DocumentIndex:
         chunk_overlap: int,
         batch_size: int = 32,
     ) -> None:
-        self.passages = passages
+        self.passages = PassageTable.from_columns(passages)
         self.store = store
         self.retriever = retriever
         self.backend = backend
@@ -107,6 +277,13 @@ class DocumentIndex:
         self.batch_size = batch_size
         self.precision: Precision = "auto"
         self.last_refresh_seconds: float | None = None
+        #: What the last encode (build, refresh) did in this process: ``passages_encoded``, ``batches_encoded``,
+        #: ``rank``, ``world_size``, ``seconds`` (a sharded encode gives each of N processes about 1/N).
+        self.last_encode_stats: dict[str, Any] = {}
+        # The version-2 folder whose files this index is (mapped from, or written to), with the identity
+        # of those files: save() hard-links them instead of writing a copy while they still match.
+        self.folder: Path | None = None
+        self._folder_identity: tuple[Any, ...] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -120,6 +297,8 @@ class DocumentIndex:
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
         precision: Precision = "auto",
+        folder: str | os.PathLike | None = None,
+        compression: Compression = None,
         **backend_kwargs: Any,
     ) -> DocumentIndex:
         """Chunk a corpus into passages, encode them and build the search backend.
@@ -136,21 +315,100 @@ class DocumentIndex:
                 (see :meth:`JMLRRetriever.encode_queries`): ``"fp32"`` is exact; ``"auto"`` uses bf16 where the
                 hardware is fast at it, which moves a few rankings against PyLate / Stanford ColBERT
                 (Kendall tau about 0.99). The index stores its vectors in bf16 either way.
+            folder: write the index (format version 2) into this folder while encoding and memory-map it;
+                under ``torch.distributed`` with N > 1 processes (every one calls ``build`` with the same
+                arguments, and all see the folder) each encodes 1/N of the batches. Without it the
+                vectors stay in RAM and every process encodes everything.
+            compression: ``None`` (bf16 vectors); ``"residual"`` (ColBERTv2-style codes) is not available yet.
             **backend_kwargs: faiss options ``nlist``, ``nprobe``, ``tokens_per_query_token``, ``use_gpu``,
                 ``max_rerank`` (candidates kept for the exact rerank; raise it for very short queries),
                 ``min_tokens_per_query_token`` (hits per token of a long query, see ``FaissBackend``).
         """
+        if compression is not None:
+            raise NotImplementedError(f"compression={compression!r} is not available yet (only None)")
         docs = load_corpus(corpus)
         passages = chunk_corpus(docs, retriever._require_tokenizer(), chunk_tokens, chunk_overlap)
-        n = len(passages["passage_id"])
-        if backend == "auto":
-            backend = "faiss" if n >= AUTO_FAISS_MIN_PASSAGES else "exact"
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be 'auto', 'exact' or 'faiss', got {backend!r}")
-        engine = BACKENDS[backend](**backend_kwargs)
+        engine = cls._make_backend(backend, len(passages["passage_id"]), backend_kwargs)
         index = cls(passages, None, retriever, engine, "", chunk_tokens, chunk_overlap, batch_size)  # type: ignore[arg-type]
         index.precision = precision
-        index._encode_all(show_progress_bar)
+        index._encode_all(show_progress_bar, folder)
+        return index
+
+    @staticmethod
+    def _make_backend(backend: Backend, num_passages: int, backend_kwargs: dict[str, Any]) -> IndexBackend:
+        if backend == "auto":
+            backend = "faiss" if num_passages >= AUTO_FAISS_MIN_PASSAGES else "exact"
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be 'auto', 'exact' or 'faiss', got {backend!r}")
+        return BACKENDS[backend](**backend_kwargs)
+
+    @classmethod
+    def from_vectors(
+        cls,
+        passages: Mapping[str, Sequence[str]] | Any,
+        vectors: torch.Tensor | np.ndarray,
+        doclens: Sequence[int] | np.ndarray | torch.Tensor,
+        retriever: JMLRRetriever,
+        backend: Backend = "auto",
+        folder: str | os.PathLike | None = None,
+        chunk_tokens: int = 150,
+        chunk_overlap: int = 32,
+        **backend_kwargs: Any,
+    ) -> DocumentIndex:
+        """An index over token vectors computed elsewhere (no encoding), e.g. for benchmarks.
+
+        Args:
+            passages: ``passage_id``, ``doc_id``, ``title``, ``text`` columns (a dict of lists, a ``pa.Table`` or
+                a ``datasets.Dataset``).
+            vectors: ``[n_tokens, dim]`` token vectors of all passages, flat in passage order (a bf16 or float
+                tensor, a float array, or a uint16 array of bf16 bits, e.g. a ``np.memmap``).
+            doclens: each passage's token count (they sum to ``n_tokens``).
+            retriever: the retriever that encodes queries; the vectors are taken to be its own (its
+                weights fingerprint is recorded).
+            backend: as in :meth:`build`.
+            folder: write the version-2 files there block by block (bounded memory) and return the
+                memory-mapped index; without it the vectors are copied into RAM as bf16. One process.
+            chunk_tokens / chunk_overlap: recorded in ``index_config.json`` (what :meth:`add` chunks with).
+            **backend_kwargs: as in :meth:`build`.
+        """
+        table = PassageTable.from_columns(passages)
+        doclens = np.asarray(doclens, dtype=np.int64)
+        if len(doclens) != table.num_rows or int(doclens.sum()) != len(vectors):
+            raise ValueError(
+                f"{table.num_rows} passages, {len(doclens)} doclens summing to {int(doclens.sum())}, "
+                f"{len(vectors)} vectors: they must agree"
+            )
+        engine = cls._make_backend(backend, table.num_rows, backend_kwargs)
+        index = cls(
+            table, None, retriever, engine, retriever.weights_fingerprint(), chunk_tokens, chunk_overlap
+        )  # type: ignore[arg-type]
+
+        def blocks() -> Iterator[torch.Tensor]:
+            for a in range(0, len(vectors), _WRITE_BLOCK_TOKENS):
+                block = vectors[a : a + _WRITE_BLOCK_TOKENS]
+                if isinstance(block, np.ndarray):
+                    block = (
+                        bf16_from_bits(np.ascontiguousarray(block))
+                        if block.dtype == np.uint16
+                        else torch.from_numpy(np.asarray(block))
+                    )
+                yield block.to(STORE_DTYPE)
+
+        if folder is None:
+            index.store = VectorStore(
+                torch.cat(list(blocks())) if len(vectors) else torch.zeros(0, retriever.config.dim), doclens
+            )
+            index.backend.build(index.store)
+            return index
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        _unlink(path, _all_index_files())
+        table.write(path / "passages.arrow")
+        _write_store_files(path, blocks(), doclens, int(vectors.shape[1]))
+        index._map_folder(path)
+        index.backend.build(index.store)
+        index._write_config(path, index.backend.save(path))
+        index._remember_folder(path)
         return index
 
     def _encode_texts(self, titles: Sequence[str], texts: Sequence[str], show_progress_bar: bool | None):
@@ -163,43 +421,182 @@ class DocumentIndex:
             dtype=STORE_DTYPE,
         )
 
-    def _encode_all(self, show_progress_bar: bool | None) -> None:
+    def _encode_all(self, show_progress_bar: bool | None, folder: str | os.PathLike | None = None) -> None:
         t0 = time.perf_counter()
+        if folder is not None:
+            self._encode_into_folder(Path(folder), show_progress_bar)
+            return
         vectors, doclens = self._encode_texts(
             self.passages["title"], self.passages["text"], show_progress_bar
         )
+        rank, world = _rank_and_world()
         t1 = time.perf_counter()
         self.store = VectorStore(vectors, doclens)
         self.backend.build(self.store)
         self.fingerprint = self.retriever.weights_fingerprint()
+        self.folder, self._folder_identity = None, None
         self.last_refresh_seconds = time.perf_counter() - t0
+        self.last_encode_stats = {
+            "passages_encoded": self.num_passages,
+            "batches_encoded": -(-self.num_passages // self.batch_size),
+            "rank": rank,
+            "world_size": world,
+            "seconds": t1 - t0,
+        }
+        self._log_encode(t1 - t0, time.perf_counter() - t1)
+
+    def _log_encode(self, encode_seconds: float, backend_seconds: float) -> None:
         logger.info(
-            "Indexed %d passages (%d token vectors): encoding %.1fs, %s backend %.1fs",
+            "Indexed %d passages (%d token vectors; %d passages encoded by this process): encoding %.1fs, "
+            "%s backend %.1fs",
             self.num_passages,
-            self.store.vectors.shape[0],
-            t1 - t0,
+            self.store.num_tokens,
+            self.last_encode_stats.get("passages_encoded", 0),
+            encode_seconds,
             self.backend.name,
-            time.perf_counter() - t1,
+            backend_seconds,
         )
+
+    def _document_token_ids(self) -> tuple[list[str], list[list[int]], np.ndarray]:
+        """The strings encoded for every passage, their token ids, and the vectors each keeps (its ids not in
+        the punctuation skiplist: exactly the rows ``encode_documents_flat`` returns for it)."""
+        table = self.passages.table
+        titles, texts = table.column("title").to_pylist(), table.column("text").to_pylist()
+        strings = [passage_text_for_encoding(t, x) for t, x in zip(titles, texts)]
+        token_ids = self.retriever._token_ids(strings, is_query=False)
+        lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=len(token_ids))
+        flat = np.fromiter((t for ids in token_ids for t in ids), dtype=np.int64, count=int(lengths.sum()))
+        kept = ~np.isin(flat, self.retriever._skiplist().numpy())
+        starts = np.zeros(len(lengths), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        doclens = np.add.reduceat(kept.astype(np.int64), starts) if len(flat) else np.zeros(0, np.int64)
+        return strings, token_ids, doclens
+
+    def _encode_into_folder(self, folder: Path, show_progress_bar: bool | None) -> None:
+        """Encode every passage into ``folder``'s ``vectors.npy``, this process's share of the batches only
+        (every process of the default ``torch.distributed`` group calls it), then map the result."""
+        rank, world = _rank_and_world()
+        t0 = time.perf_counter()
+        strings, token_ids, doclens = self._document_token_ids()
+        dim = int(self.retriever.config.dim)
+        if rank == 0:
+            self._prepare_folder(folder, doclens, dim)
+        _barrier(world)
+        out = np.load(folder / "vectors.npy", mmap_mode="r+", allow_pickle=False)
+        target = bf16_from_bits(out)
+        offsets = np.zeros(len(doclens) + 1, dtype=np.int64)
+        np.cumsum(doclens, out=offsets[1:])
+        n_batches = len(batch_plan(token_ids, self.batch_size))
+        mine = range(rank, n_batches, world)
+        show = show_progress_bar if rank == 0 else False
+        encoded = 0
+        batches = self.retriever._encode_batches(
+            strings, False, self.batch_size, show, self.precision, batches=mine, token_ids=token_ids
+        )
+        for idx, emb, mask in batches:
+            emb, mask = emb.cpu(), mask.cpu()
+            for row, i in enumerate(idx):
+                kept = emb[row][mask[row]].to(STORE_DTYPE)
+                if len(kept) != doclens[i]:  # the plan's token counts must be what the encoder keeps
+                    raise RuntimeError(f"passage {i}: {len(kept)} vectors encoded, {doclens[i]} planned")
+                target[offsets[i] : offsets[i + 1]] = kept
+            encoded += len(idx)
+        out.flush()
+        del target, out
+        t1 = time.perf_counter()
+        _barrier(world)  # every process's vectors are in the file
+        self.fingerprint = self.retriever.weights_fingerprint()
+        self._map_folder(folder)
+        if rank == 0:
+            self.backend.build(self.store)
+            self._write_config(folder, self.backend.save(folder))
+        _barrier(world)  # rank 0's backend files and config are written
+        if rank != 0:
+            config = _read_config(folder)
+            self.backend = BACKENDS[config["backend"]].load(folder, config.get("backend_params", {}))
+        self._remember_folder(folder)
+        self.last_refresh_seconds = time.perf_counter() - t0
+        self.last_encode_stats = {
+            "passages_encoded": encoded,
+            "batches_encoded": len(mine),
+            "rank": rank,
+            "world_size": world,
+            "seconds": t1 - t0,
+        }
+        self._log_encode(t1 - t0, time.perf_counter() - t1)
+
+    def _prepare_folder(self, folder: Path, doclens: np.ndarray, dim: int) -> None:
+        """Rank 0, before a sharded encode: old files unlinked, ``passages.arrow``, ``doclens.npy`` and an
+        all-zero ``vectors.npy`` of the final size written."""
+        folder.mkdir(parents=True, exist_ok=True)
+        same_passages = (
+            self.folder is not None and self._folder_intact() and self.folder.resolve() == folder.resolve()
+        )
+        source = self.folder / "passages.arrow" if self.folder is not None and self._folder_intact() else None
+        names = [n for n in _all_index_files() if not (same_passages and n == "passages.arrow")]
+        _unlink(folder, names)
+        if not same_passages:
+            try:  # the passages never change at a refresh: share the previous folder's file
+                if source is None:
+                    raise OSError("no file to link")
+                os.link(source, folder / "passages.arrow")
+            except OSError:
+                self.passages.write(folder / "passages.arrow")
+        out = np.lib.format.open_memmap(
+            folder / "vectors.npy", mode="w+", dtype=np.uint16, shape=(int(doclens.sum()), dim)
+        )
+        out.flush()
+        del out
+        np.save(folder / "doclens.npy", doclens, allow_pickle=False)
+
+    def _map_folder(self, folder: Path) -> None:
+        """Map ``folder``'s vectors and passages (files of format version 2)."""
+        self.store = _read_v2_store(folder)
+        self.passages = read_index_file(folder / "passages.arrow", PassageTable.from_file)
+
+    def _remember_folder(self, folder: Path) -> None:
+        self.folder = folder
+        self._folder_identity = self._identity(folder)
+
+    @staticmethod
+    def _identity(folder: Path) -> tuple[Any, ...] | None:
+        try:
+            return tuple(
+                _file_identity(folder / name) for name in ("vectors.npy", "passages.arrow", "doclens.npy")
+            )
+        except OSError:
+            return None
+
+    def _folder_intact(self) -> bool:
+        """Whether :attr:`folder` still holds this index's files (not removed, replaced or outdated)."""
+        if self.folder is None or self._folder_identity is None:
+            return False
+        if missing_index_files(self.folder):
+            return False
+        return self._identity(self.folder) == self._folder_identity
 
     def refresh(
         self,
         retriever: JMLRRetriever | None = None,
         show_progress_bar: bool | None = None,
         precision: Precision | None = None,
+        folder: str | os.PathLike | None = None,
     ) -> float:
         """Re-encode every passage with ``retriever`` (default: the index's own) and rebuild the
         backend; ``precision`` (default: the index's, set by :meth:`build`) becomes the index's.
-        Returns the seconds it took."""
+        ``folder``: write the new index there and map it, encoding split across processes as in
+        :meth:`build` (it may be the folder the index is mapped from: its files are replaced, never
+        rewritten in place). Returns the seconds it took."""
         if retriever is not None:
             self.retriever = retriever
         if precision is not None:
             self.precision = precision
-        self._encode_all(show_progress_bar)
+        self._encode_all(show_progress_bar, folder)
         return self.last_refresh_seconds or 0.0
 
     def add(self, docs: CorpusSource, show_progress_bar: bool | None = None) -> int:
-        """Chunk, encode and append new documents; returns the number of passages added."""
+        """Chunk, encode and append new documents; returns the number of passages added. The vectors of a
+        memory-mapped index move to RAM (save it to write them back)."""
         new_docs = load_corpus(docs)
         existing = set(self.passages["doc_id"])
         clash = [d for d in new_docs["id"] if d in existing]
@@ -212,16 +609,18 @@ class DocumentIndex:
         )
         vectors, doclens = self._encode_texts(new["title"], new["text"], show_progress_bar)
         first_new = self.num_passages
-        for key in self.passages:
-            self.passages[key].extend(new[key])
+        if not isinstance(self.store, VectorStore):
+            raise NotImplementedError(f"add() to a {type(self.store).__name__}")
+        self.passages = self.passages.append(new)
         self.store.extend(vectors, doclens)
         self.backend.add(self.store, first_new)
+        self.folder, self._folder_identity = None, None  # the folder's files no longer hold all of it
         return len(new["passage_id"])
 
     # ------------------------------------------------------------------ queries
     @property
     def num_passages(self) -> int:
-        return len(self.passages["passage_id"])
+        return self.passages.num_rows
 
     def __len__(self) -> int:
         return self.num_passages
@@ -278,19 +677,11 @@ class DocumentIndex:
 
     def hit(self, passage_index: int, score: float) -> SearchHit:
         """The :class:`SearchHit` of the passage at ``passage_index``."""
-        p = self.passages
-        return SearchHit(
-            passage_id=p["passage_id"][passage_index],
-            doc_id=p["doc_id"][passage_index],
-            title=p["title"][passage_index],
-            text=p["text"][passage_index],
-            score=float(score),
-        )
+        return SearchHit(**self.passages.row(passage_index), score=float(score))
 
     def passage(self, passage_index: int) -> dict[str, str]:
         """The ``title`` and ``text`` of the passage at ``passage_index`` (what a prompt shows of it)."""
-        p = self.passages
-        return {"title": p["title"][passage_index], "text": p["text"][passage_index]}
+        return self.passages.row(passage_index, ("title", "text"))
 
     def passage_texts(self, passage_indices: Iterable[int]) -> list[str]:
         """The strings the retriever encodes for these passages (title and text joined)."""
@@ -321,36 +712,46 @@ class DocumentIndex:
             )
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the index to a folder (json + parquet + safetensors [+ faiss.index]).
-
-        Files already there are unlinked first, never rewritten in place: a file hard-linked into another
-        folder (checkpoints share an unchanged index that way) keeps its content there. ``index_config.json``
-        is removed first and written last, so an interrupted save never looks like a saved index.
-        """
-        from safetensors.torch import save_file
-
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in INDEX_FILES + tuple(f for b in BACKENDS.values() for f in b.files):  # config first
-            (folder / name).unlink(missing_ok=True)
-        pq.write_table(pa.table(self.passages), str(folder / "passages.parquet"))
-        save_file(
-            {"vectors": self.store.vectors, "doclens": torch.from_numpy(self.store.doclens)},
-            str(folder / "vectors.safetensors"),
-        )
+    def _write_config(self, folder: Path, backend_params: dict[str, Any]) -> None:
         config = {
             "format_version": INDEX_FORMAT_VERSION,
             "backend": self.backend.name,
-            "backend_params": self.backend.save(folder),
+            "backend_params": backend_params,
             "retriever_fingerprint": self.fingerprint,
-            "dim": int(self.store.vectors.shape[1]),
+            "dim": int(self.store.dim),
             "num_passages": self.num_passages,
+            "num_tokens": self.num_tokens,
             "chunk_tokens": self.chunk_tokens,
             "chunk_overlap": self.chunk_overlap,
             "batch_size": self.batch_size,
         }
         (folder / "index_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index to a folder (format version 2: json + arrow + npy [+ faiss.index]).
+
+        An index whose files are already in a folder (mapped by :meth:`load`, or written by ``build`` /
+        ``refresh`` with a ``folder``) hard-links them (a copy where links fail); saving into that folder
+        itself does nothing. Otherwise the files are written, the vectors in blocks. Files already there are
+        unlinked first, never rewritten in place: a file hard-linked into another folder (checkpoints share
+        an unchanged index that way) or memory-mapped keeps its content there. ``index_config.json`` is
+        removed first and written last, so an interrupted save never looks like a saved index.
+        """
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        intact = self._folder_intact()
+        if intact and folder.resolve() == self.folder.resolve():  # type: ignore[union-attr]
+            return
+        _unlink(folder, _all_index_files())  # config first
+        if intact:
+            names = [*INDEX_FILES[1:], *self.backend.files, INDEX_FILES[0]]  # config last
+            for name in names:
+                _link_or_copy(self.folder / name, folder / name)  # type: ignore[operator]
+            return
+        self.passages.write(folder / "passages.arrow")
+        blocks = self.store.token_blocks(0, _WRITE_BLOCK_TOKENS)
+        _write_store_files(folder, blocks, self.store.doclens, self.store.dim)
+        self._write_config(folder, self.backend.save(folder))
 
     @classmethod
     def load(
@@ -360,36 +761,30 @@ class DocumentIndex:
         allow_stale: bool = False,
         expected_fingerprint: str | None = None,
     ) -> DocumentIndex:
-        """Load a saved index for ``retriever``.
+        """Load a saved index for ``retriever``: the vectors and passages of a version-2 folder are
+        memory-mapped (read-only, shared by the processes of a node), a version-1 folder is read into RAM.
 
         Raises :class:`StaleIndexError` when the retriever's weights are not the ones that encoded
         the vectors; with ``allow_stale=True`` it only warns (call :meth:`refresh` to re-encode).
         ``expected_fingerprint``: the fingerprint the caller knows the vectors were encoded with (a
         checkpoint's index comes from the last refresh, older than the checkpoint's retriever): such a
         stale index loads with an info line. A missing, truncated or corrupt file raises
-        :class:`IndexFileError` naming it.
+        :class:`IndexFileError` naming it; an unknown ``format_version`` a ``ValueError`` naming the config.
         """
-        from safetensors.torch import load_file
-
         folder = Path(path)
-        config_file = folder / "index_config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{folder} is not a saved DocumentIndex (no index_config.json)")
-        config = read_index_file(config_file, lambda f: json.loads(Path(f).read_text(encoding="utf-8")))
-        if config.get("format_version") != INDEX_FORMAT_VERSION:
-            raise ValueError(
-                f"{config_file}: unsupported index format version {config.get('format_version')}"
-            )
+        config = _read_config(folder)
         if config["dim"] != retriever.config.dim:
             raise ValueError(
                 f"{folder}: index vectors have dim {config['dim']}, the retriever {retriever.config.dim}"
             )
-        passages = read_index_file(folder / "passages.parquet", lambda f: pq.read_table(f).to_pydict())
-        tensors = read_index_file(folder / "vectors.safetensors", load_file)
-        store = VectorStore(tensors["vectors"], tensors["doclens"])
-        if store.num_passages != len(passages["passage_id"]):
-            raise ValueError(
-                f"{folder}: {store.num_passages} vector blocks for {len(passages['passage_id'])} passages"
+        if config["format_version"] == 1:
+            passages, store = cls._read_v1(folder)
+        else:
+            passages = read_index_file(folder / "passages.arrow", PassageTable.from_file)
+            store = _read_v2_store(folder)
+        if store.num_passages != passages.num_rows:
+            raise IndexFileError(
+                f"{folder}: {store.num_passages} vector blocks for {passages.num_rows} passages"
             )
         backend = BACKENDS[config["backend"]].load(folder, config.get("backend_params", {}))
         index = cls(
@@ -402,8 +797,19 @@ class DocumentIndex:
             config["chunk_overlap"],
             config.get("batch_size", 32),
         )
+        if config["format_version"] == INDEX_FORMAT_VERSION:
+            index._remember_folder(folder)
         index._check_fingerprint(folder, allow_stale, expected_fingerprint)
         return index
+
+    @staticmethod
+    def _read_v1(folder: Path) -> tuple[PassageTable, VectorStore]:
+        """Passages and vectors of a format-version-1 folder (parquet + safetensors), in RAM."""
+        from safetensors.torch import load_file
+
+        passages = read_index_file(folder / "passages.parquet", lambda f: PassageTable(pq.read_table(f)))
+        tensors = read_index_file(folder / "vectors.safetensors", load_file)
+        return passages, VectorStore(tensors["vectors"], tensors["doclens"])
 
     def _check_fingerprint(self, folder: Path, allow_stale: bool, expected: str | None) -> None:
         """After :meth:`load`: accept, log, warn about or refuse vectors from other retriever weights."""
@@ -428,15 +834,33 @@ class DocumentIndex:
 
 
 def missing_index_files(folder: str | os.PathLike) -> list[str]:
-    """The files a saved index needs that ``folder`` lacks (its backend's own files too)."""
+    """The files a saved index needs that ``folder`` lacks (those of its format version, its backend's too)."""
     root = Path(folder)
     try:
         config = json.loads((root / "index_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         config = {}
-    backend = BACKENDS.get(config.get("backend") if isinstance(config, dict) else None)
-    needed = INDEX_FILES + (backend.files if backend is not None else ())
+    config = config if isinstance(config, dict) else {}
+    backend = BACKENDS.get(config.get("backend"))
+    files = INDEX_FILES_V1 if config.get("format_version") == 1 else INDEX_FILES
+    needed = files + (backend.files if backend is not None else ())
     return [name for name in needed if not (root / name).is_file()]
 
 
-__all__ = ["DocumentIndex", "IndexFileError", "SearchHit", "StaleIndexError", "missing_index_files"]
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link ``source`` as ``target``; copy it where a link fails (another filesystem)."""
+    try:
+        os.link(source, target)
+    except OSError as err:
+        logger.info("Copying %s instead of hard-linking it (%s)", source, err)
+        shutil.copy2(source, target)
+
+
+__all__ = [
+    "DocumentIndex",
+    "IndexFileError",
+    "PassageTable",
+    "SearchHit",
+    "StaleIndexError",
+    "missing_index_files",
+]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -355,12 +355,21 @@ class JMLRRetriever(PreTrainedModel):
         batch_size: int,
         show_progress_bar: bool | None,
         precision: Precision,
+        batches: Container[int] | None = None,
+        token_ids: list[list[int]] | None = None,
     ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
-        """Yield ``(original indices, embeddings, mask)`` for length-bucketed batches, no autograd."""
+        """Yield ``(original indices, embeddings, mask)`` for length-bucketed batches, no autograd.
+
+        ``batches``: encode only the batches with these numbers (of the plan :func:`batch_plan` makes),
+        as one process of a sharded encode does; ``token_ids``: the texts' :meth:`_token_ids` when the
+        caller has them already."""
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        token_ids = self._token_ids(texts, is_query)
-        order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
+        if token_ids is None:
+            token_ids = self._token_ids(texts, is_query)
+        plan = batch_plan(token_ids, batch_size)
+        if batches is not None:
+            plan = [idx for b, idx in enumerate(plan) if b in batches]
         use_bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(self.device))
         show = len(texts) >= _PROGRESS_THRESHOLD if show_progress_bar is None else show_progress_bar
         # eval() for encoding (and train() after it) walk every submodule, which costs more than
@@ -372,9 +381,9 @@ class JMLRRetriever(PreTrainedModel):
         try:
             with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=use_bf16):
                 what = "queries" if is_query else "passages"  # the bar counts texts, not batches
-                bar = tqdm(total=len(order), desc=f"Encoding {what}", unit=f" {what}", disable=not show)
-                for start in range(0, len(order), batch_size):
-                    idx = order[start : start + batch_size]
+                total = sum(len(idx) for idx in plan)
+                bar = tqdm(total=total, desc=f"Encoding {what}", unit=f" {what}", disable=not show)
+                for idx in plan:
                     inputs = self._collate([token_ids[i] for i in idx], is_query)
                     inputs = {k: v.to(self.device) for k, v in inputs.items()}
                     out = self(**inputs)
@@ -588,6 +597,13 @@ def _load_encoder_weights(model: JMLRRetriever, folder: Path) -> None:
     if missing:
         raise ValueError(f"{folder}: encoder weights are missing {missing[:5]} ({len(missing)} in all)")
     model.encoder.load_state_dict(loaded.state_dict())
+
+
+def batch_plan(token_ids: Sequence[list[int]], batch_size: int) -> list[list[int]]:
+    """The encoding batches of texts with these token ids: indices sorted by length, longest first
+    (stable), cut every ``batch_size``. A sharded encode gives batch ``b`` to process ``b % N``."""
+    order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def _colbert_skiplist(tokenizer: PreTrainedTokenizerBase) -> list[str]:

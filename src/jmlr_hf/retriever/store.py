@@ -1,17 +1,32 @@
-"""The flat token store of a :class:`~jmlr_hf.DocumentIndex` and exact MaxSim over it.
+"""The token stores of a :class:`~jmlr_hf.DocumentIndex` and exact MaxSim over them.
 
-Token vectors of all passages are stored flat (``[n_tokens, dim]``, bfloat16) with each passage's token
-count; every backend (:mod:`jmlr_hf.retriever.backends`) searches such a store.
+Token vectors of all passages are stored flat (``[n_tokens, dim]``) with each passage's token count.
+Every backend (:mod:`jmlr_hf.retriever.backends`) and the index read a store only through the
+:class:`TokenStore` API (``token_range``, ``take_tokens`` and what is built on them), so a store may
+keep its vectors in RAM, in a memory-mapped file (:class:`VectorStore`) or compressed (a subclass that
+decompresses in those two methods).
 """
 
 from __future__ import annotations
 
+import mmap
+import os
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["STORE_DTYPE", "VectorStore", "segment_maxsim"]
+__all__ = [
+    "STORE_DTYPE",
+    "TokenStore",
+    "VectorStore",
+    "bf16_from_bits",
+    "bf16_to_bits",
+    "map_npy",
+    "segment_maxsim",
+]
 
 #: dtype of the stored token vectors.
 STORE_DTYPE = torch.bfloat16
@@ -45,12 +60,44 @@ def segment_maxsim(
     return (torch.from_numpy(best).reshape(nq, lq, -1) * qmask[:, :, None].float()).sum(1)
 
 
-class VectorStore:
-    """Flat token vectors ``[n_tokens, dim]`` plus per-passage token counts."""
+def bf16_from_bits(bits: np.ndarray) -> torch.Tensor:
+    """A bfloat16 tensor viewing the uint16 array ``bits`` (no copy; a read-only map stays read-only:
+    the tensor must never be written to)."""
+    with warnings.catch_warnings():  # torch warns that a read-only array gives a writable-looking tensor
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16)
 
-    def __init__(self, vectors: torch.Tensor, doclens: torch.Tensor) -> None:
-        self.vectors = vectors.to(STORE_DTYPE).contiguous()
-        self.doclens = doclens.to(torch.int64).numpy()
+
+def bf16_to_bits(vectors: torch.Tensor) -> np.ndarray:
+    """The uint16 bits of ``vectors`` in bfloat16 (a view when they already are)."""
+    return vectors.to(STORE_DTYPE).contiguous().view(torch.int16).numpy().view(np.uint16)
+
+
+def map_npy(path: str | os.PathLike, random_access: bool = True) -> np.memmap:
+    """``path`` (a ``.npy`` file) memory-mapped read-only; with ``random_access`` the kernel is told not
+    to read ahead (search touches a few scattered pages of a large file)."""
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    raw = getattr(array, "_mmap", None)
+    if random_access and raw is not None and hasattr(mmap, "MADV_RANDOM"):
+        try:
+            raw.madvise(mmap.MADV_RANDOM)
+        except (OSError, ValueError):  # e.g. an empty file
+            pass
+    return array
+
+
+class TokenStore:
+    """Flat token vectors of consecutive passages, read through :meth:`token_range` and :meth:`take_tokens`.
+
+    Subclasses set ``doclens`` (via ``__init__``) and implement ``dim``, ``bytes_per_token``,
+    ``token_range`` and ``take_tokens``; passage-level reads (:meth:`passage_slice`, :meth:`gather`,
+    :meth:`chunks`) are built on them.
+    """
+
+    def __init__(self, doclens: np.ndarray | torch.Tensor) -> None:
+        if isinstance(doclens, torch.Tensor):
+            doclens = doclens.numpy()
+        self.doclens = np.ascontiguousarray(doclens, dtype=np.int64)
         self.offsets = np.zeros(len(self.doclens) + 1, dtype=np.int64)
         np.cumsum(self.doclens, out=self.offsets[1:])
 
@@ -60,11 +107,28 @@ class VectorStore:
 
     @property
     def num_tokens(self) -> int:
-        return int(self.vectors.shape[0])
+        return int(self.offsets[-1])
+
+    @property
+    def dim(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def bytes_per_token(self) -> float:
+        """Bytes one token vector takes in the store (its codes, for a compressed store)."""
+        raise NotImplementedError
+
+    def token_range(self, t0: int, t1: int) -> torch.Tensor:
+        """The token vectors ``t0:t1`` as bfloat16 ``[t1 - t0, dim]``."""
+        raise NotImplementedError
+
+    def take_tokens(self, token_index: np.ndarray) -> torch.Tensor:
+        """The token vectors at ``token_index`` (int64, any order) as bfloat16 ``[len, dim]``."""
+        raise NotImplementedError
 
     def passage_slice(self, p0: int, p1: int) -> torch.Tensor:
         """The token vectors of passages ``p0:p1`` (consecutive in the store)."""
-        return self.vectors[int(self.offsets[p0]) : int(self.offsets[p1])]
+        return self.token_range(int(self.offsets[p0]), int(self.offsets[p1]))
 
     def chunks(self, max_tokens: int) -> Iterator[tuple[int, int]]:
         """Consecutive passage ranges ``(p0, p1)`` of about ``max_tokens`` tokens (at least one passage)."""
@@ -75,15 +139,74 @@ class VectorStore:
             yield p0, p1
             p0 = p1
 
+    def token_blocks(self, t0: int, block_tokens: int) -> Iterator[torch.Tensor]:
+        """The token vectors from ``t0`` on, ``block_tokens`` at a time (bounded memory)."""
+        for a in range(t0, self.num_tokens, block_tokens):
+            yield self.token_range(a, min(a + block_tokens, self.num_tokens))
+
     def gather(self, passages: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """The token vectors of ``passages`` (in that order) concatenated, and each one's token count."""
+        passages = np.asarray(passages, dtype=np.int64)
         starts, lengths = self.offsets[passages], self.doclens[passages]
         token_index = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-        return self.vectors[torch.from_numpy(token_index)], lengths
+        return self.take_tokens(token_index), lengths
+
+
+class VectorStore(TokenStore):
+    """bfloat16 token vectors ``[n_tokens, dim]`` plus per-passage token counts.
+
+    ``vectors`` is a tensor in RAM, or the uint16 bits of a read-only memory map
+    (:meth:`from_files`), which every process of a node shares through the page cache.
+    """
+
+    def __init__(self, vectors: torch.Tensor | np.ndarray, doclens: np.ndarray | torch.Tensor) -> None:
+        super().__init__(doclens)
+        if isinstance(vectors, np.ndarray):
+            if vectors.dtype != np.uint16:
+                raise ValueError(f"a store array holds bfloat16 bits as uint16, got {vectors.dtype}")
+            self._bits: np.ndarray | None = vectors
+            self._vectors = bf16_from_bits(vectors)
+        else:
+            self._bits = None
+            self._vectors = vectors.to(STORE_DTYPE).contiguous()
+        if self._vectors.ndim != 2 or self._vectors.shape[0] != self.num_tokens:
+            raise ValueError(
+                f"{tuple(self._vectors.shape)} vectors for {self.num_tokens} tokens of {self.num_passages} passages"
+            )
+        self.path: Path | None = Path(vectors.filename) if isinstance(vectors, np.memmap) else None
+
+    @classmethod
+    def from_files(cls, vectors_file: str | os.PathLike, doclens_file: str | os.PathLike) -> VectorStore:
+        """The store saved as ``vectors.npy`` (uint16 bits) and ``doclens.npy``, vectors memory-mapped."""
+        return cls(map_npy(vectors_file), np.load(doclens_file, allow_pickle=False))
+
+    @property
+    def vectors(self) -> torch.Tensor:
+        """All token vectors as one bfloat16 tensor (a view of the map for a mapped store: never write to it)."""
+        return self._vectors
+
+    @property
+    def is_mapped(self) -> bool:
+        """Whether the vectors are a memory map of a file."""
+        return isinstance(self._bits, np.memmap)
+
+    @property
+    def dim(self) -> int:
+        return int(self._vectors.shape[1])
+
+    @property
+    def bytes_per_token(self) -> float:
+        return float(self.dim * 2)
+
+    def token_range(self, t0: int, t1: int) -> torch.Tensor:
+        return self._vectors[t0:t1]
+
+    def take_tokens(self, token_index: np.ndarray) -> torch.Tensor:
+        return self._vectors.index_select(0, torch.from_numpy(np.asarray(token_index, dtype=np.int64)))
 
     def extend(self, vectors: torch.Tensor, doclens: torch.Tensor) -> None:
-        """Append passages (flat ``vectors`` and their ``doclens``) in place."""
+        """Append passages (flat ``vectors`` and their ``doclens``) in place; a mapped store moves to RAM."""
         self.__init__(
-            torch.cat([self.vectors, vectors.to(STORE_DTYPE)]),
-            torch.cat([torch.from_numpy(self.doclens), doclens]),
+            torch.cat([self._vectors, vectors.to(STORE_DTYPE)]),
+            np.concatenate([self.doclens, np.asarray(doclens, dtype=np.int64)]),
         )

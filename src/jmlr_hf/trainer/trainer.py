@@ -12,8 +12,8 @@
 
 Multi-process training (``accelerate launch``: DDP, FSDP, DeepSpeed) wraps only the LLM; the retriever
 stays replicated on every process (see :mod:`jmlr_hf.trainer.distributed`): rank 0's initial weights are
-broadcast, its gradients are averaged like DDP's at every optimizer step, and every process re-encodes
-the index itself at each refresh (identical weights give identical vectors, so no files or barriers).
+broadcast, its gradients are averaged like DDP's at every optimizer step, and at each refresh every process
+encodes 1/N of the passages into one shared, memory-mapped store under ``output_dir/index_store/``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from transformers.trainer_utils import (
     rotate_checkpoints,
 )
 
-from ..data.qa import format_target, validate_qa_dataset
+from ..data.qa import validate_qa_dataset
 from ..evaluation.metrics import kendall_tau
 from ..layout import (
     INDEX_DIR,
@@ -70,6 +70,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..hub import CardValues
 
 logger = logging.getLogger(__name__)
+
+#: Where index refreshes write their memory-mapped stores, under ``output_dir`` (``refresh-<step>/``).
+INDEX_STORE_DIR = "index_store"
 
 
 class _RetrieverOptimizerCallback(TrainerCallback):
@@ -366,11 +369,13 @@ class JMLRTrainer(Trainer):
     def _maybe_refresh_index(self) -> None:
         """Re-encode the index every ``index_refresh_steps`` optimizer steps.
 
-        With several processes each one refreshes its own copy, at the same step, from retriever weights
-        that are identical everywhere (broadcast at start, averaged gradients): the vectors are the same
-        as rank 0 would write, without a shared folder, a file round trip or a barrier that other ranks
-        would have to wait at for the whole refresh (which can outlast the collective timeout on a large
-        corpus). Wall time is the same as "rank 0 refreshes, the others wait".
+        The new index is written to ``output_dir/index_store/refresh-<step>/`` (format version 2) and
+        memory-mapped. With N processes each encodes 1/N of the passages' batches into that one file (the
+        folder must be one all processes see, as ``output_dir`` is for checkpoints), from retriever weights
+        that are identical everywhere (broadcast at start, averaged gradients); rank 0 builds the backend
+        and every process maps the result, bit-identical to a 1-process refresh. Earlier refreshes' folders
+        are deleted once the new one is mapped: checkpoints hard-link their files, and a mapped file that is
+        unlinked stays readable to the processes that map it.
         """
         every = self.args.index_refresh_steps
         if every <= 0 or self.args.freeze_document_encoder or not self.model.training:
@@ -378,7 +383,14 @@ class JMLRTrainer(Trainer):
         step = self.state.global_step
         if step > 0 and step % every == 0 and step != self._last_refresh_step:
             self._last_refresh_step = step
-            seconds = self.index.refresh(self.retriever, show_progress_bar=self.is_local_process_zero())
+            folder = Path(self.args.output_dir) / INDEX_STORE_DIR / f"refresh-{step}"
+            seconds = self.index.refresh(
+                self.retriever, show_progress_bar=self.is_local_process_zero(), folder=folder
+            )
+            if self.is_world_process_zero():  # earlier refreshes' stores (also those of a run resumed from)
+                for old in folder.parent.glob("refresh-*"):
+                    if old.name != folder.name:
+                        shutil.rmtree(old, ignore_errors=True)
             self._metrics["train"]["index_refresh_seconds"].append(seconds)
             logger.info("Refreshed the index at step %d in %.1fs", step, seconds)
 
@@ -443,13 +455,11 @@ class JMLRTrainer(Trainer):
                 )
         # 6. LM loss with the top passages, best nearest the question
         context = candidates.gather(1, fresh.topk(args.num_context_docs, dim=-1).indices)
-        prompts = [
-            self.prompts.prompt(r, [self.index.passage(int(i)) for i in ids]) for r, ids in zip(rows, context)
-        ]
-        batch = {
-            k: v.to(self.args.device)
-            for k, v in self.prompts.batch(prompts, [format_target(r) for r in rows]).items()
-        }
+        given = [[self.index.passage(int(i)) for i in ids] for ids in context]
+        prompts = [self.prompts.prompt(r, p) for r, p in zip(rows, given)]
+        # the target cites the given passages that support its explanation as [n] (PromptBuilder.target)
+        targets = [self.prompts.target(r, p) for r, p in zip(rows, given)]
+        batch = {k: v.to(self.args.device) for k, v in self.prompts.batch(prompts, targets).items()}
         lm = lm_loss(model, batch)
         loss = lm if rank_loss is None else lm + args.rank_loss_weight * rank_loss.to(lm.device)
         return JointStepOutput(loss, lm, rank_loss, candidates, context, scored, nll, scored_scores)
@@ -621,8 +631,9 @@ class JMLRTrainer(Trainer):
 
     def _save_checkpoint_index(self, target: str) -> None:
         """A checkpoint's ``index/``: hard links to the last saved copy when the index has not changed since
-        (one copy on disk however many checkpoints share it), else a full save; built beside ``target`` and
-        renamed into place."""
+        (one copy on disk however many checkpoints share it), else ``index.save``, which hard-links the files
+        a refresh wrote under ``index_store/`` (a full write only for an index held in RAM); built beside
+        ``target`` and renamed into place."""
         source, version = getattr(self, "_saved_index", (None, None))
         if source is not None and os.path.abspath(source) == os.path.abspath(target):
             return

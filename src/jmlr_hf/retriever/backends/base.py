@@ -1,6 +1,6 @@
 """The interface every :class:`~jmlr_hf.DocumentIndex` backend implements (as PyLate's ``indexes/base.py``).
 
-The index owns the passages and their token vectors (a :class:`~jmlr_hf.retriever.store.VectorStore`); a
+The index owns the passages and their token vectors (a :class:`~jmlr_hf.retriever.store.TokenStore`); a
 backend only decides how to search them: it is built over a store, told when passages are appended,
 searched with encoded queries, and saved into / loaded from the index's folder (its parameters go to
 ``index_config.json``, its own files beside it).
@@ -15,7 +15,7 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
-from ..store import VectorStore
+from ..store import TokenStore
 
 __all__ = ["IndexBackend", "IndexFileError", "read_index_file"]
 
@@ -23,7 +23,7 @@ _T = TypeVar("_T")
 
 
 class IndexBackend(ABC):
-    """A way of searching the token vectors of a :class:`~jmlr_hf.retriever.store.VectorStore`."""
+    """A way of searching the token vectors of a :class:`~jmlr_hf.retriever.store.TokenStore`."""
 
     #: The name saved in ``index_config.json`` (``DocumentIndex.build(backend=name)``).
     name: ClassVar[str]
@@ -31,15 +31,15 @@ class IndexBackend(ABC):
     files: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
-    def build(self, store: VectorStore) -> None:
+    def build(self, store: TokenStore) -> None:
         """Index every passage of ``store`` (after encoding the corpus, and at each refresh)."""
 
     @abstractmethod
-    def add(self, store: VectorStore, first_new: int) -> None:
+    def add(self, store: TokenStore, first_new: int) -> None:
         """Index the passages ``first_new:`` that were just appended to ``store``."""
 
     @abstractmethod
-    def search(self, store: VectorStore, q: torch.Tensor, qmask: torch.Tensor, k: int) -> Any:
+    def search(self, store: TokenStore, q: torch.Tensor, qmask: torch.Tensor, k: int) -> Any:
         """The top ``k`` passages of each query ``q [nq, Lq, dim]`` (``qmask [nq, Lq]``) by MaxSim:
         a ``torch.return_types.topk`` whose ``values`` and ``indices`` are ``[nq, k]``."""
 

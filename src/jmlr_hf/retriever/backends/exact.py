@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..store import VectorStore, segment_maxsim
+from ..store import TokenStore, segment_maxsim
 from .base import IndexBackend
 
 __all__ = ["ExactBackend"]
@@ -21,13 +21,13 @@ class ExactBackend(IndexBackend):
     def __init__(self, chunk_tokens: int = 262_144) -> None:
         self.chunk_tokens = chunk_tokens
 
-    def build(self, store: VectorStore) -> None:  # nothing to build
+    def build(self, store: TokenStore) -> None:  # nothing to build
         return None
 
-    def add(self, store: VectorStore, first_new: int) -> None:
+    def add(self, store: TokenStore, first_new: int) -> None:
         return None
 
-    def search(self, store: VectorStore, q: torch.Tensor, qmask: torch.Tensor, k: int):
+    def search(self, store: TokenStore, q: torch.Tensor, qmask: torch.Tensor, k: int):
         scores = []
         for p0, p1 in store.chunks(self.chunk_tokens):
             scores.append(segment_maxsim(q, qmask, store.passage_slice(p0, p1), store.doclens[p0:p1]))

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..store import VectorStore, segment_maxsim
+from ..store import TokenStore, segment_maxsim
 from .base import IndexBackend, read_index_file
 
 __all__ = ["FaissBackend", "approximate_maxsim"]
@@ -114,9 +114,9 @@ class FaissBackend(IndexBackend):
         want = self.use_gpu if self.use_gpu is not None else torch.cuda.is_available()
         return bool(want and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0)
 
-    def build(self, store: VectorStore) -> None:
+    def build(self, store: TokenStore) -> None:
         faiss = self._faiss()
-        n_tokens, dim = store.vectors.shape
+        n_tokens, dim = store.num_tokens, store.dim
         nlist = self.nlist or int(2 ** round(math.log2(max(64.0, 2 * math.sqrt(n_tokens)))))
         nlist = max(1, min(nlist, n_tokens // 39 or 1))
         self.nlist = nlist
@@ -133,17 +133,19 @@ class FaissBackend(IndexBackend):
         rng = np.random.default_rng(0)
         sample_size = min(n_tokens, 40 * nlist)  # faiss wants >= 39 training points per centroid
         sample = rng.choice(n_tokens, size=sample_size, replace=False) if sample_size < n_tokens else None
-        vectors = store.vectors if sample is None else store.vectors[torch.from_numpy(np.sort(sample))]
+        # the training sample only is converted to float32, never the whole store
+        vectors = store.token_range(0, n_tokens) if sample is None else store.take_tokens(np.sort(sample))
         index.cp.niter = 10
         index.train(np.ascontiguousarray(vectors.float().numpy()))
+        del vectors
         self.index = index
         self.add(store, 0)
 
-    def add(self, store: VectorStore, first_new: int) -> None:
+    def add(self, store: TokenStore, first_new: int) -> None:
         start = int(store.offsets[first_new])
         block = 1 << 15  # 16 MiB of float32 per call
-        for a in range(start, store.vectors.shape[0], block):
-            self.index.add(np.ascontiguousarray(store.vectors[a : a + block].float().numpy()))
+        for vectors in store.token_blocks(start, block):
+            self.index.add(np.ascontiguousarray(vectors.float().numpy()))
         self.index.nprobe = self.nprobe
         self._gpu_index = None  # a GPU copy made before no longer holds every vector
 
@@ -154,7 +156,7 @@ class FaissBackend(IndexBackend):
             return tpq
         return max(min(self.min_tokens_per_query_token, tpq), tpq * self.HIT_BUDGET_TOKENS // n_tokens)
 
-    def search(self, store: VectorStore, q: torch.Tensor, qmask: torch.Tensor, k: int):
+    def search(self, store: TokenStore, q: torch.Tensor, qmask: torch.Tensor, k: int):
         all_scores, all_ids = [], []
         for i in range(q.shape[0]):
             # the query's own vectors only: its padding is neither searched nor reranked
@@ -170,7 +172,7 @@ class FaissBackend(IndexBackend):
             all_ids.append(torch.from_numpy(cands)[top.indices])
         return torch.return_types.topk((torch.stack(all_scores), torch.stack(all_ids)))
 
-    def _candidates(self, store: VectorStore, sims: np.ndarray, token_ids: np.ndarray, k: int) -> np.ndarray:
+    def _candidates(self, store: TokenStore, sims: np.ndarray, token_ids: np.ndarray, k: int) -> np.ndarray:
         """Sorted passage indices to rerank for one query, from its token hits ``[Lq, tpq]``.
 
         Every passage with a retrieved token is a candidate. When there are more than
@@ -209,7 +211,7 @@ class FaissBackend(IndexBackend):
     # sorting the hits (np.unique).
     _DENSE_CANDIDATES_MAX = 1 << 17
 
-    def _token_passages(self, store: VectorStore) -> np.ndarray:
+    def _token_passages(self, store: TokenStore) -> np.ndarray:
         """The passage of every token of ``store`` (cached per store layout)."""
         if getattr(self, "_token_passage_offsets", None) is not store.offsets:
             dtype = np.int32 if store.num_passages < 2**31 else np.int64
@@ -223,7 +225,7 @@ class FaissBackend(IndexBackend):
     # fresh memory.
     _RERANK_BLOCK_TOKENS = 96 * 1024
 
-    def _rerank(self, store: VectorStore, q: torch.Tensor, qmask: torch.Tensor, cands: np.ndarray):
+    def _rerank(self, store: TokenStore, q: torch.Tensor, qmask: torch.Tensor, cands: np.ndarray):
         """Exact MaxSim of one query ``[1, Lq, dim]`` against the candidate passages -> ``[n_cands]``."""
         lengths = store.doclens[cands]
         starts = store.offsets[cands]
@@ -236,7 +238,7 @@ class FaissBackend(IndexBackend):
             p1 = min(max(p1, p0 + 1), len(cands))
             n_tok = int(cum[p1] - cum[p0])
             token_index = np.repeat(starts[p0:p1] - cum[p0:p1] + cum[p0], lengths[p0:p1]) + np.arange(n_tok)
-            block = store.vectors.index_select(0, torch.from_numpy(token_index))
+            block = store.take_tokens(token_index)
             scores[p0:p1] = segment_maxsim(q, qmask, block, lengths[p0:p1])[0]
             p0 = p1
         return scores

@@ -1,0 +1,283 @@
+"""The index store: the TokenStore read API, format version 2 (memory-mapped), version 1 still loading,
+building from precomputed vectors, and encoding sharded across 2 gloo processes (bit-identical to 1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from jmlr_hf import DocumentIndex
+from jmlr_hf.retriever.index import INDEX_FILES, PassageTable, missing_index_files
+from jmlr_hf.retriever.store import TokenStore, VectorStore
+from test_index import synthetic_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).resolve().parent / "index_store_worker.py"
+QUERIES = ["aspirin dose daily", "sepsis fever", "warfarin and heparin"]
+
+
+def _files_equal(a: Path, b: Path, names=("vectors.npy", "doclens.npy")) -> None:
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_token_store_reads_agree_with_the_flat_tensor():
+    g = torch.Generator().manual_seed(0)
+    doclens = np.array([3, 1, 5, 2], dtype=np.int64)
+    flat = torch.randn(int(doclens.sum()), 8, generator=g).bfloat16()
+    store = VectorStore(flat, doclens)
+    assert isinstance(store, TokenStore)
+    assert (store.num_passages, store.num_tokens, store.dim, store.bytes_per_token) == (4, 11, 8, 16.0)
+    assert torch.equal(store.token_range(2, 7), flat[2:7])
+    assert torch.equal(store.take_tokens(np.array([9, 0, 4])), flat[[9, 0, 4]])
+    assert torch.equal(store.passage_slice(1, 3), flat[3:9])
+    vectors, lengths = store.gather(np.array([2, 0]))
+    assert torch.equal(vectors, torch.cat([flat[4:9], flat[0:3]])) and lengths.tolist() == [5, 3]
+    assert list(store.chunks(4)) == [(0, 2), (2, 3), (3, 4)]
+    assert torch.equal(torch.cat(list(store.token_blocks(0, 4))), flat)
+
+
+@pytest.mark.parametrize("backend", ["exact", "faiss"])
+def test_v2_save_load_roundtrip_is_memory_mapped_and_searches_alike(tiny_retriever, tmp_path, backend):
+    kwargs = {"nlist": 8} if backend == "faiss" else {}
+    index = DocumentIndex.build(synthetic_corpus(80), tiny_retriever, backend=backend, **kwargs)
+    index.save(tmp_path)
+    config = json.loads((tmp_path / "index_config.json").read_text())
+    assert config["format_version"] == 2 and config["num_tokens"] == index.num_tokens
+    assert missing_index_files(tmp_path) == []
+    assert not (tmp_path / "vectors.safetensors").exists()
+    loaded = DocumentIndex.load(tmp_path, tiny_retriever)
+    # the vectors are a read-only map of vectors.npy, the passages a mapped arrow table
+    assert loaded.store.is_mapped and isinstance(loaded.store._bits, np.memmap)
+    assert not loaded.store._bits.flags.writeable
+    assert isinstance(loaded.passages, PassageTable) and loaded.passages == index.passages
+    assert loaded.passages["doc_id"] == index.passages["doc_id"]
+    assert torch.equal(loaded.store.vectors, index.store.vectors)
+    assert np.array_equal(loaded.store.doclens, index.store.doclens)
+    assert loaded.search(QUERIES, k=5) == index.search(QUERIES, k=5)
+    assert loaded.hit(3, 1.0)["passage_id"] == index.passages["passage_id"][3]
+    assert loaded.passage(3) == index.passage(3)
+    assert loaded.passage_texts([0, 2]) == index.passage_texts([0, 2])
+
+
+def test_saving_a_mapped_index_hard_links_its_files(tiny_retriever, tmp_path):
+    DocumentIndex.build(synthetic_corpus(30), tiny_retriever, backend="exact").save(tmp_path / "a")
+    loaded = DocumentIndex.load(tmp_path / "a", tiny_retriever)
+    loaded.save(tmp_path / "a")  # its own folder: nothing to do
+    loaded.save(tmp_path / "b")
+    for name in INDEX_FILES:
+        assert os.stat(tmp_path / "a" / name).st_ino == os.stat(tmp_path / "b" / name).st_ino, name
+    # add() moves the vectors to RAM: the next save writes new files and leaves the old ones alone
+    loaded.add([{"id": "new", "title": "New", "text": "insulin dose weekly."}])
+    assert not loaded.store.is_mapped
+    loaded.save(tmp_path / "b")
+    assert os.stat(tmp_path / "a" / "vectors.npy").st_ino != os.stat(tmp_path / "b" / "vectors.npy").st_ino
+    again = DocumentIndex.load(tmp_path / "b", tiny_retriever)
+    assert len(again) == len(loaded) and torch.equal(again.store.vectors, loaded.store.vectors)
+    assert again.passages["doc_id"][-1] == "new" and again.search(QUERIES, k=5) == loaded.search(QUERIES, k=5)
+
+
+def test_a_version_1_folder_still_loads(tiny_retriever, tmp_path):
+    index = DocumentIndex.build(synthetic_corpus(40), tiny_retriever, backend="exact")
+    pq.write_table(index.passages.table, str(tmp_path / "passages.parquet"))  # the version-1 layout
+    save_file(
+        {"vectors": index.store.vectors, "doclens": torch.from_numpy(index.store.doclens)},
+        str(tmp_path / "vectors.safetensors"),
+    )
+    config = {
+        "format_version": 1,
+        "backend": "exact",
+        "backend_params": {"chunk_tokens": 262144},
+        "retriever_fingerprint": index.fingerprint,
+        "dim": tiny_retriever.config.dim,
+        "num_passages": len(index),
+        "chunk_tokens": 150,
+        "chunk_overlap": 32,
+        "batch_size": 32,
+    }
+    (tmp_path / "index_config.json").write_text(json.dumps(config))
+    assert missing_index_files(tmp_path) == []
+    loaded = DocumentIndex.load(tmp_path, tiny_retriever)
+    assert loaded.passages == index.passages and torch.equal(loaded.store.vectors, index.store.vectors)
+    assert loaded.search(QUERIES, k=5) == index.search(QUERIES, k=5)
+    loaded.save(tmp_path)  # saving rewrites it as version 2
+    assert json.loads((tmp_path / "index_config.json").read_text())["format_version"] == 2
+    assert not (tmp_path / "vectors.safetensors").exists()
+    assert torch.equal(DocumentIndex.load(tmp_path, tiny_retriever).store.vectors, index.store.vectors)
+
+
+def test_an_unknown_format_version_names_the_file_and_the_version(tiny_retriever, tmp_path):
+    DocumentIndex.build(synthetic_corpus(10), tiny_retriever, backend="exact").save(tmp_path)
+    config = json.loads((tmp_path / "index_config.json").read_text())
+    (tmp_path / "index_config.json").write_text(json.dumps({**config, "format_version": 7}))
+    with pytest.raises(ValueError, match=r"index_config.json: unsupported index format version 7"):
+        DocumentIndex.load(tmp_path, tiny_retriever)
+
+
+def test_building_into_a_folder_is_bit_identical_to_building_in_ram(tiny_retriever, tmp_path):
+    settings = dict(backend="faiss", batch_size=7, nlist=8, precision="fp32")
+    in_ram = DocumentIndex.build(synthetic_corpus(70), tiny_retriever, **settings)
+    mapped = DocumentIndex.build(synthetic_corpus(70), tiny_retriever, folder=tmp_path / "idx", **settings)
+    assert mapped.store.is_mapped and mapped.folder == tmp_path / "idx"
+    assert mapped.last_encode_stats["passages_encoded"] == len(mapped) == len(in_ram)
+    assert torch.equal(mapped.store.vectors, in_ram.store.vectors)
+    assert np.array_equal(mapped.store.doclens, in_ram.store.doclens)
+    assert mapped.search(QUERIES, k=5) == in_ram.search(QUERIES, k=5)
+    loaded = DocumentIndex.load(tmp_path / "idx", tiny_retriever)
+    assert loaded.search(QUERIES, k=5, precision="fp32") == in_ram.search(QUERIES, k=5)
+    # a refresh into the folder the index is mapped from replaces its files (the old map stays valid)
+    old = mapped.store.vectors
+    with torch.no_grad():
+        tiny_retriever.linear.weight.mul_(-1)
+    try:
+        mapped.refresh(tiny_retriever, folder=tmp_path / "idx")
+        in_ram.refresh(tiny_retriever)
+        assert torch.equal(mapped.store.vectors, in_ram.store.vectors)
+        assert torch.equal(old, -in_ram.store.vectors)  # still the old vectors (negated head, same norms)
+        loaded = DocumentIndex.load(tmp_path / "idx", tiny_retriever)
+        assert not mapped.is_stale
+        assert loaded.search(QUERIES, k=5, precision="fp32") == in_ram.search(QUERIES, k=5)
+    finally:
+        with torch.no_grad():
+            tiny_retriever.linear.weight.mul_(-1)
+
+
+def test_from_vectors_writes_a_mapped_index_in_blocks(tiny_retriever, tmp_path, monkeypatch):
+    from jmlr_hf.retriever import index as index_module
+
+    monkeypatch.setattr(index_module, "_WRITE_BLOCK_TOKENS", 50)  # many blocks
+    built = DocumentIndex.build(synthetic_corpus(40), tiny_retriever, backend="exact")
+    columns = {c: built.passages[c] for c in ("passage_id", "doc_id", "title", "text")}
+    for vectors in (built.store.vectors, built.store.vectors.float().numpy()):
+        index = DocumentIndex.from_vectors(
+            columns, vectors, built.store.doclens, tiny_retriever, backend="exact", folder=tmp_path / "v"
+        )
+        assert index.store.is_mapped and torch.equal(index.store.vectors, built.store.vectors)
+        assert index.search(QUERIES, k=5) == built.search(QUERIES, k=5)
+    in_ram = DocumentIndex.from_vectors(
+        pa.table(columns), built.store.vectors, built.store.doclens, tiny_retriever
+    )
+    assert not in_ram.store.is_mapped and in_ram.search(QUERIES, k=5) == built.search(QUERIES, k=5)
+    with pytest.raises(ValueError, match="must agree"):
+        DocumentIndex.from_vectors(columns, built.store.vectors[:-1], built.store.doclens, tiny_retriever)
+
+
+def test_residual_compression_is_not_available_yet(tiny_retriever):
+    with pytest.raises(NotImplementedError, match="residual"):
+        DocumentIndex.build(synthetic_corpus(5), tiny_retriever, compression="residual")
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2 processes (gloo, CPU)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_process_index(tmp_path_factory):
+    from jmlr_hf.models import MissingDefaultModelError, default_encoder_path
+
+    try:
+        default_encoder_path()
+    except MissingDefaultModelError as err:
+        pytest.skip(str(err))
+    out = tmp_path_factory.mktemp("sharded")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(WORKER),
+        str(out),
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return out, [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_two_processes_build_an_index_bit_identical_to_one_process(two_process_index):
+    out, records = two_process_index
+    _files_equal(out / "built", out / "reference", names=("vectors.npy", "doclens.npy", "faiss.index"))
+    assert PassageTable.from_file(out / "built" / "passages.arrow") == PassageTable.from_file(
+        out / "reference" / "passages.arrow"
+    )
+    built, reference = (
+        json.loads((out / f / "index_config.json").read_text()) for f in ("built", "reference")
+    )
+    assert built == reference
+    assert records[0]["build_hits"] == records[1]["build_hits"]
+
+
+def test_two_processes_each_encode_half_and_refresh_identically(two_process_index):
+    out, records = two_process_index
+    n = json.loads((out / "built" / "index_config.json").read_text())["num_passages"]
+    for what in ("build", "refresh"):
+        counts = [r[what]["passages_encoded"] for r in records]
+        assert sum(counts) == n and all(abs(c - n / 2) <= 7 for c in counts), (what, counts)  # batches of 7
+        assert [r[what]["rank"] for r in records] == [0, 1] and records[0][what]["world_size"] == 2
+    _files_equal(
+        out / "refreshed", out / "reference_refreshed", names=("vectors.npy", "doclens.npy", "faiss.index")
+    )
+    assert (
+        not (out / "refreshed" / "vectors.npy").read_bytes() == (out / "built" / "vectors.npy").read_bytes()
+    )
+    assert records[0]["refresh_hits"] == records[1]["refresh_hits"] and all(r["mapped"] for r in records)
+    # the passages did not change: the refreshed folder shares the built one's file
+    assert (
+        os.stat(out / "refreshed" / "passages.arrow").st_ino
+        == os.stat(out / "built" / "passages.arrow").st_ino
+    )
+
+
+def test_jmlr_index_under_torchrun_matches_one_process(bert_tokenizer, tmp_path):
+    from testing_utils import make_tiny_retriever, write_jsonl
+
+    make_tiny_retriever(bert_tokenizer, seed=0).save_pretrained(tmp_path / "retriever")
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", synthetic_corpus(60))
+    jmlr = str(Path(sys.executable).with_name("jmlr"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    env.pop("WORLD_SIZE", None)
+
+    def index_argv(output: Path) -> list[str]:
+        return [jmlr, "index", "--corpus", str(corpus), "--retriever", str(tmp_path / "retriever")] + [
+            "--output",
+            str(output),
+            "--backend",
+            "faiss",
+            "-q",
+        ]
+
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr"]
+    launch += ["127.0.0.1", "--master_port", str(_free_port()), "--no-python"]
+    runs = {"two": launch + index_argv(tmp_path / "two"), "one": index_argv(tmp_path / "one")}
+    outputs = {}
+    for name, cmd in runs.items():
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        outputs[name] = proc.stdout
+    assert outputs["two"].count("Indexed 60 documents") == 1  # rank 0 alone prints
+    _files_equal(tmp_path / "two", tmp_path / "one", names=("vectors.npy", "doclens.npy", "faiss.index"))
+    configs = [json.loads((tmp_path / f / "index_config.json").read_text()) for f in ("one", "two")]
+    assert configs[0] == configs[1]
