@@ -22,10 +22,12 @@ Phases (subcommands), each writing ``<phase>.json`` into ``--out`` so that they 
     recall@30 against exact MaxSim over the whole store (``--recall-queries`` questions, exact backend).
     (2) the baseline: the same index with its vectors read into RAM (what format version 1 does).
 ``compact``
-    A :class:`~jmlr_hf.retriever.residual.ResidualCodec` (``--nbits``, ``--centroids``) fitted on a sample of
-    the store, every token compressed into ``<data>/compact``; the index searched with that store (faiss
-    candidates, rerank on decompressed vectors): bytes a token, recall@30 against the bf16 exact top-30 of
-    ``search`` (the same questions), latency, memory.
+    A :class:`~jmlr_hf.retriever.residual.ResidualCodec` (``--nbits``, ``--centroids``; ``--buckets pooled
+    --no-scale``: ColBERTv2's layout instead of the default per-dimension buckets of the unit-norm residual
+    and a float16 scale a token) fitted on a sample of the store, every token compressed into
+    ``<data>/compact``; the index searched with that store (faiss candidates, rerank on decompressed
+    vectors): bytes a token, recall@30 against the bf16 exact top-30 of ``search`` (the same questions),
+    latency, memory.
 ``two-proc``
     (1) Two processes map the same index: the second's USS / PSS against one store's size (the first
     holds the pages in the page cache, searched). (2) A 2-process ``torch.distributed`` refresh (build into
@@ -447,6 +449,41 @@ def search(args: argparse.Namespace) -> None:
     save_json(out, "search", res)
 
 
+# ---------------------------------------------------------------------------------------- sweep
+def sweep(args: argparse.Namespace) -> None:
+    """faiss search settings (nprobe, hits a query token, reranked candidates) against recall@30 and latency,
+    on the mapped index, with ``search``'s exact top-30 as the reference (no exact pass again)."""
+    from jmlr_hf.retriever import DocumentIndex
+
+    out, data = _paths(args)
+    reference = (load_json(out, "search") or {}).get("mapped", {}).get("exact")
+    if not reference:
+        raise SystemExit(f"{out}/search.json has no exact reference: run the search phase first")
+    n = len(reference["full"])
+    texts = questions(n)
+    index = DocumentIndex.load(data / "index", retriever_for_queries(), allow_stale=True)
+    rows = []
+    for setting in args.settings:
+        nprobe, tpq, rerank = (int(x) for x in setting.split(","))
+        backend = index.backend
+        backend.nprobe, backend.tokens_per_query_token, backend.max_rerank = nprobe, tpq, rerank
+        backend.index.nprobe = nprobe
+        row: dict[str, Any] = {"nprobe": nprobe, "tokens_per_query_token": tpq, "max_rerank": rerank}
+        for name in SETTINGS:
+            index.retriever.config.query_max_length = SETTINGS[name]
+            index.search(texts[:2], k=K)  # warm up
+            found, times = [], []
+            for text in texts:
+                t0 = time.perf_counter()
+                hits = index.search_encoded(encode(index.retriever, [text], name), K)[1][0].tolist()
+                times.append(time.perf_counter() - t0)  # query encoding included
+                found.append(hits)
+            row[name] = {"recall": recall(found, reference[name]), "p50_ms": 1000 * float(np.median(times))}
+        log(json.dumps(row))
+        rows.append(row)
+    save_json(out, "sweep", {"queries": n, "rows": rows})
+
+
 # ---------------------------------------------------------------------------------------- compact
 def compact(args: argparse.Namespace) -> None:
     from jmlr_hf.retriever.residual import ResidualCodec, ResidualStore
@@ -469,7 +506,14 @@ def compact(args: argparse.Namespace) -> None:
         n_centroids = default_n_centroids(n_tok)
     n_centroids = min(n_centroids, sample_tokens)
     log(f"fitting {n_centroids} centroids, nbits {args.nbits}, on {sample_tokens:,} sampled tokens")
-    codec = ResidualCodec.fit(sample, n_centroids=n_centroids, nbits=args.nbits, niter=args.kmeans_niter)
+    codec = ResidualCodec.fit(
+        sample,
+        n_centroids=n_centroids,
+        nbits=args.nbits,
+        niter=args.kmeans_niter,
+        per_dim=args.buckets == "per-dim",
+        scaled=not args.no_scale,
+    )
     fit_s = time.perf_counter() - t0
     log(f"fitted in {fit_s:.0f}s; compressing {n_tok:,} tokens")
     t1 = time.perf_counter()
@@ -489,6 +533,7 @@ def compact(args: argparse.Namespace) -> None:
     )  # fmt: skip
     res = {
         "nbits": args.nbits,
+        "layout": _layout(args),
         "n_centroids": n_centroids,
         "sample_tokens": sample_tokens,
         "kmeans_niter": args.kmeans_niter,
@@ -508,7 +553,21 @@ def compact(args: argparse.Namespace) -> None:
     log(
         f"{res['bytes_per_token']:.0f} B/token, cosine {res['cosine_mean']:.3f}, recall@30 {run.get('recall')}"
     )
-    save_json(out, "compact" if args.nbits == 2 else f"compact_nbits{args.nbits}", res)
+    default = args.nbits == 2 and args.buckets == "per-dim" and not args.no_scale
+    name = (
+        "compact"
+        if default
+        else f"compact_nbits{args.nbits}"
+        + ("" if args.buckets == "per-dim" else "_pooled")
+        + ("_noscale" if args.no_scale else "")
+    )
+    save_json(out, name, res)
+
+
+def _layout(args: argparse.Namespace) -> str:
+    buckets = "per-dimension buckets" if args.buckets == "per-dim" else "pooled buckets"
+    scale = "no scale" if args.no_scale else "float16 scale"
+    return f"{buckets} of the {'raw' if args.no_scale else 'unit-norm'} residual, {scale}"
 
 
 class _BitsAsBf16:
@@ -700,7 +759,8 @@ def report(args: argparse.Namespace) -> None:
             )
     if c:
         lines.append(
-            f"| compact store ({c['nbits']}-bit residuals, {c['n_centroids']:,} centroids): bytes a token | "
+            f"| compact store ({c['nbits']}-bit residuals, {c.get('layout', 'pooled buckets')}, "
+            f"{c['n_centroids']:,} centroids): bytes a token | "
             f"{c['bytes_per_token']:.0f} (+ {c['codec_bytes'] / 2**20:.0f} MiB codec) | at most 40: "
             f"{goal(c['bytes_per_token'] <= 40)} |"
         )
@@ -720,7 +780,8 @@ def report(args: argparse.Namespace) -> None:
     for other in others.values():
         rec = other["run"]["recall"]
         lines.append(
-            f"| (compact, {other['nbits']}-bit residuals: {other['bytes_per_token']:.0f} B a token, recall@30 "
+            f"| (compact, {other['nbits']}-bit residuals, {other.get('layout', 'pooled buckets')}: "
+            f"{other['bytes_per_token']:.0f} B a token, recall@30 "
             f"full / 32-token {rec['full']:.3f} / {rec['32']:.3f}) | | |"
         )
     if t:
@@ -782,6 +843,21 @@ def report(args: argparse.Namespace) -> None:
             "second process.",
             "",
         ]
+    sw = load_json(out, "sweep")
+    if sw:
+        lines += [
+            f"faiss search settings on the mapped store ({sw['queries']} questions a setting, `search`'s exact "
+            f"top-30 as the reference; {sw['date']}, `{sw['command']}`):",
+            "",
+            "| nprobe | hits a query token | reranked | recall@30 full / 32-token | p50 ms full / 32-token |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {w['nprobe']} | {w['tokens_per_query_token']} | {w['max_rerank']} | "
+                f"{w['full']['recall']:.3f} / {w['32']['recall']:.3f} | {w['full']['p50_ms']:.0f} / {w['32']['p50_ms']:.0f} |"
+                for w in sw["rows"]
+            ),
+            "",
+        ]
     section = "\n".join(lines)
     print(section)
     if args.write:
@@ -830,6 +906,22 @@ def main() -> None:
             )
             p.add_argument("--sample-tokens", type=int, default=1 << 20)
             p.add_argument("--kmeans-niter", type=int, default=4)
+            p.add_argument(
+                "--buckets",
+                choices=("per-dim", "pooled"),
+                default="per-dim",
+                help="bucket cutoffs and weights of each dimension (default) or all dimensions pooled (ColBERTv2)",
+            )
+            p.add_argument(
+                "--no-scale",
+                action="store_true",
+                help="ColBERTv2's buckets of the raw residual, no float16 scale a token (2 bytes less)",
+            )
+    p = add("sweep", "faiss settings (nprobe, hits a query token, reranked) against recall and latency")
+    p.add_argument(
+        "--settings", nargs="+", default=["32,512,512", "16,512,512", "32,1024,1024", "64,1024,1024"],
+        help="nprobe,tokens_per_query_token,max_rerank",
+    )  # fmt: skip
     p = add("two-proc", "two processes on one node: the second's memory; a 2-process refresh split")
     p.add_argument("--queries", type=int, default=50)
     p.add_argument("--refresh-passages", type=int, default=400)
@@ -850,6 +942,7 @@ def main() -> None:
         "build": build,
         "search": search,
         "compact": compact,
+        "sweep": sweep,
         "two-proc": two_proc,
         "report": report,
         "worker": worker,

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from jmlr_hf import DocumentIndex
 from jmlr_hf.retriever.index import INDEX_FILES, PassageTable, missing_index_files
+from jmlr_hf.retriever.residual import ResidualCodec, ResidualStore
 from jmlr_hf.retriever.store import TokenStore, VectorStore
 from test_index import synthetic_corpus
 
@@ -173,9 +174,103 @@ def test_from_vectors_writes_a_mapped_index_in_blocks(tiny_retriever, tmp_path, 
         DocumentIndex.from_vectors(columns, built.store.vectors[:-1], built.store.doclens, tiny_retriever)
 
 
-def test_residual_compression_is_not_available_yet(tiny_retriever):
-    with pytest.raises(NotImplementedError, match="residual"):
-        DocumentIndex.build(synthetic_corpus(5), tiny_retriever, compression="residual")
+RESIDUAL = {"compression": "residual", "compression_kwargs": {"n_centroids": 32}}
+
+
+def _overlap(a: list, b: list) -> float:
+    ids = lambda hits: {h["passage_id"] for h in hits}  # noqa: E731
+    return float(np.mean([len(ids(x) & ids(y)) / len(y) for x, y in zip(a, b)]))
+
+
+@pytest.mark.parametrize("backend", ["exact", "faiss"])
+def test_residual_index_saves_loads_mapped_and_adds(tiny_retriever, tmp_path, backend):
+    kwargs = {"nlist": 8} if backend == "faiss" else {}
+    corpus = synthetic_corpus(80)
+    bf16 = DocumentIndex.build(corpus, tiny_retriever, backend=backend, **kwargs)
+    index = DocumentIndex.build(corpus, tiny_retriever, backend=backend, **RESIDUAL, **kwargs)
+    assert isinstance(index.store, ResidualStore) and index.compression == "residual"
+    dim = tiny_retriever.config.dim
+    assert index.store.bytes_per_token == 2 + dim // 4 + 2 <= 40  # id, 2-bit residual, float16 scale
+    dim128 = ResidualCodec(
+        np.eye(128, dtype=np.float32), np.zeros((128, 3)), np.zeros((128, 4)), 2, scaled=True
+    )
+    assert dim128.bytes_per_token() == 36  # the default codec at the default retriever's dim
+    cos = (index.store.token_range(0, index.num_tokens).float() * bf16.store.vectors.float()).sum(1)
+    assert cos.mean() > 0.9, cos.mean()
+    found, exact = index.search(QUERIES, k=10), bf16.search(QUERIES, k=10)
+    # a 16-dim toy retriever over bags of 30 words: many near-ties, so the bound is loose; what is lost
+    # is among them (the compressed top 5 stay within the bf16 top 20)
+    within = _overlap(bf16.search(QUERIES, k=20), [hits[:5] for hits in found])
+    assert _overlap(found, exact) >= 0.6 and within >= 0.9, (_overlap(found, exact), within)
+    index.save(tmp_path / "a")
+    names = {p.name for p in (tmp_path / "a").iterdir()}
+    assert "vectors.npy" not in names and set(ResidualStore.FILES) <= names
+    config = json.loads((tmp_path / "a" / "index_config.json").read_text())
+    assert config["store"]["kind"] == "residual" and config["store"]["n_centroids"] == 32
+    assert config["store"]["compression_kwargs"] == {"n_centroids": 32}
+    assert missing_index_files(tmp_path / "a") == []
+    loaded = DocumentIndex.load(tmp_path / "a", tiny_retriever)
+    assert isinstance(loaded.store, ResidualStore) and loaded.compression_kwargs == {"n_centroids": 32}
+    for array in (loaded.store.codes, loaded.store.residuals):
+        assert isinstance(array, np.memmap) and not array.flags.writeable
+    assert np.array_equal(loaded.store.codes, index.store.codes)
+    assert loaded.search(QUERIES, k=10) == found
+    # a mapped compressed index hard-links its files; a missing one is reported
+    loaded.save(tmp_path / "b")
+    for name in ResidualStore.FILES:
+        assert os.stat(tmp_path / "a" / name).st_ino == os.stat(tmp_path / "b" / name).st_ino, name
+    (tmp_path / "b" / "codes.npy").unlink()
+    assert missing_index_files(tmp_path / "b") == ["codes.npy"]
+    # add(): compressed with the index's codec, searchable, saved and loaded back
+    codec = loaded.store.codec
+    loaded.add([{"id": "new", "title": "New", "text": "insulin dose weekly glargine."}])
+    assert loaded.store.codec is codec and loaded.store.num_passages == len(loaded) == 81
+    vectors, _ = loaded._encode_texts(["New"], ["insulin dose weekly glargine."], False)
+    codes, rows = codec.compress(vectors)
+    assert np.array_equal(loaded.store.codes[-len(codes) :], codes)
+    assert torch.equal(loaded.store.passage_slice(80, 81), codec.decompress(codes, rows))
+    assert "new" in [h["doc_id"] for h in loaded.search(["insulin dose weekly"], k=81)[0]]
+    loaded.save(tmp_path / "c")
+    again = DocumentIndex.load(tmp_path / "c", tiny_retriever)
+    assert np.array_equal(again.store.residuals, loaded.store.residuals)
+    assert again.search(QUERIES, k=10) == loaded.search(QUERIES, k=10)
+
+
+def test_residual_index_in_a_folder_from_vectors_and_refresh(tiny_retriever, tmp_path):
+    settings = dict(backend="exact", precision="fp32", **RESIDUAL)
+    in_ram = DocumentIndex.build(synthetic_corpus(60), tiny_retriever, **settings)
+    mapped = DocumentIndex.build(synthetic_corpus(60), tiny_retriever, folder=tmp_path / "idx", **settings)
+    assert not (tmp_path / "idx" / "vectors.npy").exists() and missing_index_files(tmp_path / "idx") == []
+    assert isinstance(mapped.store.codes, np.memmap)
+    assert np.array_equal(mapped.store.codes, in_ram.store.codes)
+    assert np.array_equal(mapped.store.residuals, in_ram.store.residuals)
+    assert mapped.search(QUERIES, k=5) == in_ram.search(QUERIES, k=5)
+    # from precomputed vectors (bf16 bits, as a benchmark maps them), in RAM and into a folder
+    bf16 = DocumentIndex.build(synthetic_corpus(60), tiny_retriever, backend="exact", precision="fp32")
+    columns = {c: bf16.passages[c] for c in ("passage_id", "doc_id", "title", "text")}
+    bits = bf16.store.vectors.view(torch.int16).numpy().view(np.uint16)
+    for folder in (None, tmp_path / "v"):
+        index = DocumentIndex.from_vectors(
+            columns, bits, bf16.store.doclens, tiny_retriever, backend="exact", folder=folder, **RESIDUAL
+        )
+        assert np.array_equal(index.store.codes, in_ram.store.codes)
+        assert index.search(QUERIES, k=5, precision="fp32") == in_ram.search(QUERIES, k=5)
+    reloaded = DocumentIndex.load(tmp_path / "v", tiny_retriever)
+    assert reloaded.search(QUERIES, k=5, precision="fp32") == in_ram.search(QUERIES, k=5)
+    # refresh re-fits the codec on the new vectors, with the same options, into the same folder
+    old = mapped.store.codec.centroids.copy()
+    with torch.no_grad():
+        tiny_retriever.linear.weight.mul_(-1)
+    try:
+        mapped.refresh(tiny_retriever, folder=tmp_path / "idx")
+        assert isinstance(mapped.store, ResidualStore) and not mapped.is_stale
+        assert mapped.store.codec.n_centroids == 32
+        np.testing.assert_allclose(mapped.store.codec.centroids, -old, atol=1e-5)  # the negated head's
+        loaded = DocumentIndex.load(tmp_path / "idx", tiny_retriever)
+        assert loaded.search(QUERIES, k=5, precision="fp32") == mapped.search(QUERIES, k=5)
+    finally:
+        with torch.no_grad():
+            tiny_retriever.linear.weight.mul_(-1)
 
 
 # ---------------------------------------------------------------------------------------------------

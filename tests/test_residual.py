@@ -26,53 +26,62 @@ def _unit(n: int, dim: int, seed: int = 0) -> torch.Tensor:
 
 
 def _reference(codec: ResidualCodec, v: np.ndarray) -> tuple[int, list[int], bytes, np.ndarray]:
-    """One vector, the slow way: nearest centroid by a loop, each dimension's bucket by counting cutoffs,
-    bits packed by hand (dimension d's bits at d*nbits.., LSB first; bytes big-endian), reconstruction."""
-    centroids, cutoffs, weights, nbits = (
-        codec.centroids,
-        codec.bucket_cutoffs,
-        codec.bucket_weights,
-        codec.nbits,
-    )
+    """One vector, the slow way: nearest centroid by a loop, each dimension's bucket by counting its cutoffs
+    (of the unit-norm residual when scaled), bits packed by hand (dimension d's bits at d*nbits.., LSB first;
+    bytes big-endian), then the float16 least-squares scale (little-endian), reconstruction."""
+    centroids, nbits, dim = codec.centroids, codec.nbits, len(v)
+    cutoffs = [codec.bucket_cutoffs[d] if codec.per_dim else codec.bucket_cutoffs for d in range(dim)]
+    weights = [codec.bucket_weights[d] if codec.per_dim else codec.bucket_weights for d in range(dim)]
     best, best_sim = 0, -np.inf
     for c in range(len(centroids)):
         sim = float(np.dot(centroids[c], v))
         if sim > best_sim:
             best, best_sim = c, sim
-    residual = v - centroids[best]
-    buckets = [sum(1 for cut in cutoffs if cut < r) for r in residual]
+    residual = (v - centroids[best]).astype(np.float64)
+    norm = float(np.sqrt(sum(r * r for r in residual)))
+    values = [r / norm for r in residual] if codec.scaled else list(residual)
+    buckets = [sum(1 for cut in cutoffs[d] if cut < values[d]) for d in range(dim)]
     bits = []
     for b in buckets:
         bits.extend((b >> i) & 1 for i in range(nbits))
     packed = bytes(
         sum(bit << (7 - j) for j, bit in enumerate(bits[k : k + 8])) for k in range(0, len(bits), 8)
     )
-    recon = np.array([centroids[best][d] + weights[buckets[d]] for d in range(len(v))], dtype=np.float64)
+    w = [float(weights[d][buckets[d]]) for d in range(dim)]
+    scale = 1.0
+    if codec.scaled:
+        scale = float(np.float16(sum(r * x for r, x in zip(residual, w)) / sum(x * x for x in w)))
+        packed += np.array([scale], dtype="<f2").tobytes()
+    recon = np.array([centroids[best][d] + scale * w[d] for d in range(dim)], dtype=np.float64)
     return best, buckets, packed, recon / np.linalg.norm(recon)
 
 
+@pytest.mark.parametrize("per_dim, scaled", [(False, False), (True, False), (True, True), (False, True)])
 @pytest.mark.parametrize("nbits", [1, 2, 4])
-def test_codec_matches_loop_reference(nbits):
+def test_codec_matches_loop_reference(nbits, per_dim, scaled):
     x = _unit(3000, 32)
-    codec = ResidualCodec.fit(x, n_centroids=32, nbits=nbits, seed=0)
-    assert codec.bucket_cutoffs.shape == (2**nbits - 1,) and np.all(np.diff(codec.bucket_cutoffs) > 0)
-    assert codec.bytes_per_token(32) == 2 + 32 * nbits // 8
+    codec = ResidualCodec.fit(x, n_centroids=32, nbits=nbits, seed=0, per_dim=per_dim, scaled=scaled)
+    assert codec.per_dim == per_dim and codec.scaled == scaled
+    shape = (32, 2**nbits - 1) if per_dim else (2**nbits - 1,)
+    assert codec.bucket_cutoffs.shape == shape and np.all(np.diff(codec.bucket_cutoffs, axis=-1) > 0)
+    row = 32 * nbits // 8 + 2 * scaled
+    assert codec.bytes_per_token(32) == 2 + row
     sample = x[:7].numpy()
     codes, packed = codec.compress(sample)
-    assert codes.dtype == np.uint16 and packed.shape == (7, 32 * nbits // 8) and packed.dtype == np.uint8
+    assert codes.dtype == np.uint16 and packed.shape == (7, row) and packed.dtype == np.uint8
     out = codec.decompress(codes, packed)
     assert out.dtype == torch.bfloat16 and out.shape == (7, 32)
     for i, v in enumerate(sample):
         code, buckets, ref_packed, recon = _reference(codec, v)
         assert int(codes[i]) == code
-        assert unpack_buckets(packed[i : i + 1], nbits)[0].tolist() == buckets
+        assert unpack_buckets(packed[i : i + 1, : 32 * nbits // 8], nbits)[0].tolist() == buckets
         assert packed[i].tobytes() == ref_packed
         torch.testing.assert_close(out[i].float(), torch.from_numpy(recon).float(), atol=8e-3, rtol=0)
 
 
 def test_bucket_weights_are_bucket_means_and_cutoffs_quantiles():
     x = _unit(4000, 16, seed=1)
-    codec = ResidualCodec.fit(x, n_centroids=16, nbits=2)
+    codec = ResidualCodec.fit(x, n_centroids=16, nbits=2, per_dim=False, scaled=False)
     residual = (x.numpy() - codec.centroids[codec.assign(x)]).reshape(-1)
     np.testing.assert_allclose(
         codec.bucket_cutoffs, np.quantile(residual, [0.25, 0.5, 0.75]), rtol=1e-5, atol=1e-6
@@ -80,6 +89,17 @@ def test_bucket_weights_are_bucket_means_and_cutoffs_quantiles():
     bucket = np.searchsorted(codec.bucket_cutoffs, residual, side="left")
     means = [residual[bucket == b].mean() for b in range(4)]
     np.testing.assert_allclose(codec.bucket_weights, means, rtol=1e-4, atol=1e-6)
+    # the default: per dimension, of the unit-norm residuals
+    codec = ResidualCodec.fit(x, n_centroids=16, nbits=2)
+    unit = x.numpy() - codec.centroids[codec.assign(x)]
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    for d in (0, 9):
+        np.testing.assert_allclose(
+            codec.bucket_cutoffs[d], np.quantile(unit[:, d], [0.25, 0.5, 0.75]), rtol=1e-5, atol=1e-6
+        )
+        bucket = np.searchsorted(codec.bucket_cutoffs[d], unit[:, d], side="left")
+        means = [unit[bucket == b, d].mean() for b in range(4)]
+        np.testing.assert_allclose(codec.bucket_weights[d], means, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("nbits", [1, 2, 4])
@@ -127,7 +147,7 @@ def test_store_save_load_roundtrip(tmp_path):
     store = ResidualStore.from_vectors(x, doclens, n_centroids=32, nbits=2, sample_tokens=1500)
     assert isinstance(store, TokenStore)
     assert store.num_passages == 5 and store.num_tokens == 2000 and store.dim == 32
-    assert store.bytes_per_token == 2 + 8
+    assert store.bytes_per_token == 2 + 8 + 2  # id, 2-bit residual, float16 scale
     params = store.save(tmp_path / "s")
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(ResidualStore.FILES)
     json.dumps(params)
@@ -185,7 +205,7 @@ def test_ranking_on_real_colbert_vectors(ngc_path, shared_data):
     q = retriever.encode_queries(questions, show_progress_bar=False)
 
     store = ResidualStore.from_vectors(vectors, doclens, nbits=2, n_centroids=1024)
-    assert store.bytes_per_token == 34
+    assert store.bytes_per_token == 36
     approx = store.token_range(0, store.num_tokens)
     cosine = (approx.float() * vectors.float()).sum(1)
     assert cosine.mean() > 0.9, cosine.mean()

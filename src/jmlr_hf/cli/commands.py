@@ -313,6 +313,9 @@ def _evaluate(
         **({"acc_norm": result.accuracy_norm} if result.accuracy_norm is not None else {}),
         "questions": result.num_questions,
     }
+    if result.grounding:  # generated answers: how well their rationales stand on the given passages
+        keys = ("citing_rationales", "invalid_citations", "supported_sentences_any", "letter_agreement")
+        row.update({key: result.grounding[key] for key in keys if key in result.grounding})
     details = result.to_dict()
     if passages is not None:
         details["passages"] = [[h["passage_id"] for h in hits] for hits in passages]

@@ -402,12 +402,10 @@ def _generate(
     return out
 
 
-def _grounding_summary(records: list[dict[str, Any]]) -> dict[str, float] | None:
-    """Grounding metrics of the generation records (evaluation/grounding.py), or None until it exists."""
-    try:
-        from .grounding import grounding_summary
-    except ImportError:  # TODO(lead): evaluation/grounding.py lands separately; drop this guard then
-        return None
+def _grounding_summary(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Grounding metrics of the generation records (:func:`~jmlr_hf.evaluation.grounding.grounding_summary`)."""
+    from .grounding import grounding_summary
+
     return grounding_summary(records)
 
 

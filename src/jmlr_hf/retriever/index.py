@@ -24,6 +24,16 @@ On disk (``save`` / ``load``, format version 2), one flat folder, no pickle:
   on load (:class:`PassageTable`).
 - the backend's own files (``faiss.index``, faiss's format).
 
+A residual-compressed index (``compression="residual"``, :mod:`jmlr_hf.retriever.residual`) keeps no
+``vectors.npy``: ``codes.npy`` (a centroid id a token), ``residuals.npy`` (its quantized residual row),
+``doclens.npy`` and ``codec.safetensors`` hold the store, memory-mapped on load the same way, and
+``index_config.json`` records ``"store": {"kind": "residual", "nbits": ..., "n_centroids": ..., ...}``
+(no ``"store"``: bf16 ``vectors.npy``). Search decompresses only the tokens it reads (bf16); the faiss
+backend is built from the decompressed vectors. :meth:`DocumentIndex.add` compresses new passages with the
+index's codec; :meth:`DocumentIndex.refresh` fits a new codec (the re-encoded vectors moved: the old
+centroids and buckets would fit them worse), with the same ``compression_kwargs``. It is meant for the exact
+rerank at inference; training re-encodes its candidates, so compression never changes what it computes.
+
 Format version 1 (``passages.parquet`` + ``vectors.safetensors``) still loads, into RAM; saving writes
 version 2. With a ``folder``, :meth:`DocumentIndex.build` and :meth:`DocumentIndex.refresh` encode
 straight into these files, split across the processes of a ``torch.distributed`` run (``accelerate
@@ -52,6 +62,7 @@ from ..data.corpus import CorpusSource, chunk_corpus, load_corpus, passage_text_
 from .backends import BACKENDS, ExactBackend, FaissBackend, IndexBackend, IndexFileError, read_index_file
 from .backends.faiss import approximate_maxsim
 from .modeling_jmlr_retriever import EncodedBatch, JMLRRetriever, Precision, batch_plan
+from .residual import Bf16Bits, ResidualStore
 from .store import (
     STORE_DTYPE,
     TokenStore,
@@ -70,6 +81,8 @@ INDEX_FORMAT_VERSION = 2
 AUTO_FAISS_MIN_PASSAGES = 2048
 #: The files of every saved index (format version 2), the config first (a backend adds its own ``files``).
 INDEX_FILES = ("index_config.json", "passages.arrow", "vectors.npy", "doclens.npy")
+#: The files of a residual-compressed index (``"store": {"kind": "residual"}`` in its config).
+INDEX_FILES_RESIDUAL = ("index_config.json", "passages.arrow", *ResidualStore.FILES)
 #: The files of a format version 1 index.
 INDEX_FILES_V1 = ("index_config.json", "passages.parquet", "vectors.safetensors")
 PASSAGE_COLUMNS = ("passage_id", "doc_id", "title", "text")
@@ -162,7 +175,12 @@ def _unlink(folder: Path, names: Iterable[str]) -> None:
 
 def _all_index_files() -> tuple[str, ...]:
     """Every file name an index folder of any version or backend may hold, the config first."""
-    names = INDEX_FILES + INDEX_FILES_V1 + tuple(f for b in BACKENDS.values() for f in b.files)
+    names = (
+        INDEX_FILES
+        + INDEX_FILES_RESIDUAL
+        + INDEX_FILES_V1
+        + tuple(f for b in BACKENDS.values() for f in b.files)
+    )
     return tuple(dict.fromkeys(names))
 
 
@@ -195,6 +213,26 @@ def _read_v2_store(folder: Path) -> VectorStore:
         return VectorStore(vectors, doclens)
     except ValueError as err:
         raise IndexFileError(f"{folder}: vectors.npy and doclens.npy disagree ({err})") from err
+
+
+def _read_store(folder: Path, store_params: dict[str, Any] | None) -> TokenStore:
+    """The store of a version-2 folder, by its config's ``"store"`` entry (``None``: bf16 ``vectors.npy``)."""
+    if not store_params or store_params.get("kind", "bf16") == "bf16":
+        return _read_v2_store(folder)
+    if store_params.get("kind") != "residual":
+        raise ValueError(f"{folder}: unknown store kind {store_params.get('kind')!r} in index_config.json")
+    for name in ResidualStore.FILES:
+        read_index_file(folder / name, lambda f: os.stat(f))  # a missing file raises IndexFileError naming it
+    try:
+        return ResidualStore.load(folder, store_params)
+    except (ValueError, OSError, RuntimeError) as err:
+        raise IndexFileError(f"{folder}: the residual store does not load ({err})") from err
+
+
+def _store_files(store: TokenStore | None) -> tuple[str, ...]:
+    """The data files (all but the config) of a version-2 folder holding ``store``."""
+    files = INDEX_FILES_RESIDUAL if isinstance(store, ResidualStore) else INDEX_FILES
+    return files[1:]
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -284,6 +322,9 @@ class DocumentIndex:
         # of those files: save() hard-links them instead of writing a copy while they still match.
         self.folder: Path | None = None
         self._folder_identity: tuple[Any, ...] | None = None
+        #: ``None`` (bf16 vectors) or ``"residual"``, and the options of its codec (what refresh re-fits with).
+        self.compression: Compression = "residual" if isinstance(store, ResidualStore) else None
+        self.compression_kwargs: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -299,6 +340,7 @@ class DocumentIndex:
         precision: Precision = "auto",
         folder: str | os.PathLike | None = None,
         compression: Compression = None,
+        compression_kwargs: dict[str, Any] | None = None,
         **backend_kwargs: Any,
     ) -> DocumentIndex:
         """Chunk a corpus into passages, encode them and build the search backend.
@@ -319,18 +361,22 @@ class DocumentIndex:
                 under ``torch.distributed`` with N > 1 processes (every one calls ``build`` with the same
                 arguments, and all see the folder) each encodes 1/N of the batches. Without it the
                 vectors stay in RAM and every process encodes everything.
-            compression: ``None`` (bf16 vectors); ``"residual"`` (ColBERTv2-style codes) is not available yet.
+            compression: ``None`` (bf16 vectors, 256 bytes a token at dim 128); ``"residual"``: a compressed store
+                (:class:`~jmlr_hf.retriever.residual.ResidualStore`, 36 bytes a token by default), for the exact
+                rerank at inference.
+            compression_kwargs: options of :meth:`ResidualStore.from_vectors` (``nbits``, ``n_centroids``,
+                ``sample_tokens``, ``niter``, ``per_dim``, ``scaled``, ``seed``).
             **backend_kwargs: faiss options ``nlist``, ``nprobe``, ``tokens_per_query_token``, ``use_gpu``,
                 ``max_rerank`` (candidates kept for the exact rerank; raise it for very short queries),
                 ``min_tokens_per_query_token`` (hits per token of a long query, see ``FaissBackend``).
         """
-        if compression is not None:
-            raise NotImplementedError(f"compression={compression!r} is not available yet (only None)")
+        _check_compression(compression)
         docs = load_corpus(corpus)
         passages = chunk_corpus(docs, retriever._require_tokenizer(), chunk_tokens, chunk_overlap)
         engine = cls._make_backend(backend, len(passages["passage_id"]), backend_kwargs)
         index = cls(passages, None, retriever, engine, "", chunk_tokens, chunk_overlap, batch_size)  # type: ignore[arg-type]
         index.precision = precision
+        index.compression, index.compression_kwargs = compression, dict(compression_kwargs or {})
         index._encode_all(show_progress_bar, folder)
         return index
 
@@ -353,6 +399,8 @@ class DocumentIndex:
         folder: str | os.PathLike | None = None,
         chunk_tokens: int = 150,
         chunk_overlap: int = 32,
+        compression: Compression = None,
+        compression_kwargs: dict[str, Any] | None = None,
         **backend_kwargs: Any,
     ) -> DocumentIndex:
         """An index over token vectors computed elsewhere (no encoding), e.g. for benchmarks.
@@ -369,8 +417,10 @@ class DocumentIndex:
             folder: write the version-2 files there block by block (bounded memory) and return the
                 memory-mapped index; without it the vectors are copied into RAM as bf16. One process.
             chunk_tokens / chunk_overlap: recorded in ``index_config.json`` (what :meth:`add` chunks with).
+            compression / compression_kwargs: as in :meth:`build` (the codec is fitted on a sample of ``vectors``).
             **backend_kwargs: as in :meth:`build`.
         """
+        _check_compression(compression)
         table = PassageTable.from_columns(passages)
         doclens = np.asarray(doclens, dtype=np.int64)
         if len(doclens) != table.num_rows or int(doclens.sum()) != len(vectors):
@@ -382,6 +432,24 @@ class DocumentIndex:
         index = cls(
             table, None, retriever, engine, retriever.weights_fingerprint(), chunk_tokens, chunk_overlap
         )  # type: ignore[arg-type]
+        index.compression, index.compression_kwargs = compression, dict(compression_kwargs or {})
+        if compression == "residual":
+            source = (
+                Bf16Bits(vectors)
+                if isinstance(vectors, np.ndarray) and vectors.dtype == np.uint16
+                else vectors
+            )
+            path = None if folder is None else Path(folder)
+            if path is not None:
+                path.mkdir(parents=True, exist_ok=True)
+                _unlink(path, _all_index_files())
+                table.write(path / "passages.arrow")
+            index.store = ResidualStore.from_vectors(source, doclens, folder=path, **index.compression_kwargs)
+            index.backend.build(index.store)
+            if path is not None:
+                index._write_config(path, index.backend.save(path))
+                index._remember_folder(path)
+            return index
 
         def blocks() -> Iterator[torch.Tensor]:
             for a in range(0, len(vectors), _WRITE_BLOCK_TOKENS):
@@ -431,7 +499,10 @@ class DocumentIndex:
         )
         rank, world = _rank_and_world()
         t1 = time.perf_counter()
-        self.store = VectorStore(vectors, doclens)
+        if self.compression == "residual":  # a new codec for the new vectors
+            self.store = ResidualStore.from_vectors(vectors, doclens, **self.compression_kwargs)
+        else:
+            self.store = VectorStore(vectors, doclens)
         self.backend.build(self.store)
         self.fingerprint = self.retriever.weights_fingerprint()
         self.folder, self._folder_identity = None, None
@@ -508,11 +579,19 @@ class DocumentIndex:
         self.fingerprint = self.retriever.weights_fingerprint()
         self._map_folder(folder)
         if rank == 0:
+            if self.compression == "residual":  # compress vectors.npy into the residual files, drop it
+                bits = map_npy(folder / "vectors.npy", random_access=False)
+                self.store = ResidualStore.from_vectors(
+                    Bf16Bits(bits), doclens, folder=folder, **self.compression_kwargs
+                )
+                del bits
+                _unlink(folder, ["vectors.npy"])
             self.backend.build(self.store)
             self._write_config(folder, self.backend.save(folder))
         _barrier(world)  # rank 0's backend files and config are written
         if rank != 0:
             config = _read_config(folder)
+            self.store = _read_store(folder, config.get("store"))
             self.backend = BACKENDS[config["backend"]].load(folder, config.get("backend_params", {}))
         self._remember_folder(folder)
         self.last_refresh_seconds = time.perf_counter() - t0
@@ -561,9 +640,13 @@ class DocumentIndex:
     @staticmethod
     def _identity(folder: Path) -> tuple[Any, ...] | None:
         try:
-            return tuple(
-                _file_identity(folder / name) for name in ("vectors.npy", "passages.arrow", "doclens.npy")
+            names = ["passages.arrow", "doclens.npy"]
+            names += (
+                ["codes.npy", "residuals.npy", "codec.safetensors"]
+                if (folder / "codes.npy").exists()
+                else ["vectors.npy"]
             )
+            return tuple(_file_identity(folder / name) for name in names)
         except OSError:
             return None
 
@@ -609,10 +692,15 @@ class DocumentIndex:
         )
         vectors, doclens = self._encode_texts(new["title"], new["text"], show_progress_bar)
         first_new = self.num_passages
-        if not isinstance(self.store, VectorStore):
+        if isinstance(self.store, ResidualStore):  # the index's codec compresses the new passages
+            codes, rows = self.store.codec.compress(vectors)
+            self.passages = self.passages.append(new)
+            self.store.extend(codes, rows, doclens)
+        elif isinstance(self.store, VectorStore):
+            self.passages = self.passages.append(new)
+            self.store.extend(vectors, doclens)
+        else:
             raise NotImplementedError(f"add() to a {type(self.store).__name__}")
-        self.passages = self.passages.append(new)
-        self.store.extend(vectors, doclens)
         self.backend.add(self.store, first_new)
         self.folder, self._folder_identity = None, None  # the folder's files no longer hold all of it
         return len(new["passage_id"])
@@ -725,6 +813,8 @@ class DocumentIndex:
             "chunk_overlap": self.chunk_overlap,
             "batch_size": self.batch_size,
         }
+        if isinstance(self.store, ResidualStore):
+            config["store"] = {**self.store.params(), "compression_kwargs": self.compression_kwargs}
         (folder / "index_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
     def save(self, path: str | os.PathLike) -> None:
@@ -744,13 +834,16 @@ class DocumentIndex:
             return
         _unlink(folder, _all_index_files())  # config first
         if intact:
-            names = [*INDEX_FILES[1:], *self.backend.files, INDEX_FILES[0]]  # config last
+            names = [*_store_files(self.store), *self.backend.files, INDEX_FILES[0]]  # config last
             for name in names:
                 _link_or_copy(self.folder / name, folder / name)  # type: ignore[operator]
             return
         self.passages.write(folder / "passages.arrow")
-        blocks = self.store.token_blocks(0, _WRITE_BLOCK_TOKENS)
-        _write_store_files(folder, blocks, self.store.doclens, self.store.dim)
+        if isinstance(self.store, ResidualStore):
+            self.store.save(folder)
+        else:
+            blocks = self.store.token_blocks(0, _WRITE_BLOCK_TOKENS)
+            _write_store_files(folder, blocks, self.store.doclens, self.store.dim)
         self._write_config(folder, self.backend.save(folder))
 
     @classmethod
@@ -781,7 +874,7 @@ class DocumentIndex:
             passages, store = cls._read_v1(folder)
         else:
             passages = read_index_file(folder / "passages.arrow", PassageTable.from_file)
-            store = _read_v2_store(folder)
+            store = _read_store(folder, config.get("store"))
         if store.num_passages != passages.num_rows:
             raise IndexFileError(
                 f"{folder}: {store.num_passages} vector blocks for {passages.num_rows} passages"
@@ -797,6 +890,7 @@ class DocumentIndex:
             config["chunk_overlap"],
             config.get("batch_size", 32),
         )
+        index.compression_kwargs = dict((config.get("store") or {}).get("compression_kwargs") or {})
         if config["format_version"] == INDEX_FORMAT_VERSION:
             index._remember_folder(folder)
         index._check_fingerprint(folder, allow_stale, expected_fingerprint)
@@ -842,9 +936,22 @@ def missing_index_files(folder: str | os.PathLike) -> list[str]:
         config = {}
     config = config if isinstance(config, dict) else {}
     backend = BACKENDS.get(config.get("backend"))
-    files = INDEX_FILES_V1 if config.get("format_version") == 1 else INDEX_FILES
+    store = config.get("store")
+    residual = isinstance(store, dict) and store.get("kind") == "residual"
+    files = (
+        INDEX_FILES_V1
+        if config.get("format_version") == 1
+        else INDEX_FILES_RESIDUAL
+        if residual
+        else INDEX_FILES
+    )
     needed = files + (backend.files if backend is not None else ())
     return [name for name in needed if not (root / name).is_file()]
+
+
+def _check_compression(compression: Any) -> None:
+    if compression not in (None, "residual"):
+        raise ValueError(f"compression must be None or 'residual', got {compression!r}")
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
