@@ -94,6 +94,7 @@ def test_mismatched_records_are_refused(judge, llm_tokenizer):
 
 def test_eval_judges_a_run_against_another(tmp_path, llm_tokenizer, bert_tokenizer, capsys):
     import json
+    import math
 
     from testing_utils import make_cli_assets, run_cli
 
@@ -109,7 +110,12 @@ def test_eval_judges_a_run_against_another(tmp_path, llm_tokenizer, bert_tokeniz
         "--limit",
         "2",
     ]
-    assert run_cli(base + ["--output", tmp_path / "a.json", "-q"], capsys)[0] == 0
+    code, out, _ = run_cli(base + ["--output", tmp_path / "a.json", "-q"], capsys)
+    assert code == 0
+    # generated answers: the table reports how their rationales stand on the given passages
+    assert "invalid_citations" in out and "supported_sentences_any" in out
+    invalid = json.loads((tmp_path / "a.json").read_text())["results"]["test"]["invalid_citations"]
+    assert math.isnan(invalid) or 0.0 <= invalid <= 1.0  # NaN when no rationale cites
     argv = base + [
         "--judge-model",
         assets["llm"],

@@ -34,7 +34,7 @@ class DemoArguments:
     """``jmlr demo``: JMLR end to end on the embedded defaults and the synthetic demo task."""
 
     output_dir: str = flag("jmlr-demo", "folder for results, plot, model and index")
-    max_steps: int | None = flag(None, "training steps (default: the demo's 34)")
+    max_steps: int | None = flag(None, "training steps (default: the demo's 90)")
     seed: int = flag(0, "seed of the synthetic task and of training")
     num_facts: int | None = flag(None, "synthetic guideline facts (default: 100; 120 retrieval-only)")
     max_eval_questions: int | None = flag(None, "held-out questions scored (default: all, 160)")
