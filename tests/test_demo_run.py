@@ -23,6 +23,7 @@ from jmlr_hf.demo_run import (
     _differences_table,
     _num_test_questions,
     _table,
+    demo_task,
     estimate_seconds,
     run_demo,
 )
@@ -35,6 +36,7 @@ DEMO = DemoConfig(
     max_steps=30,
     index_refresh_steps=15,
     max_new_tokens=24,
+    ablation=True,  # the "JMLR LLM, frozen retriever" row is tested too
     show_progress=False,
 )
 
@@ -45,16 +47,8 @@ DEMO = DemoConfig(
 
 
 def test_default_demo_has_enough_held_out_questions_for_a_standard_error_of_0_04():
-    from jmlr_hf.data import make_demo_task
-
     config = DemoConfig()
-    task = make_demo_task(
-        num_facts=config.num_facts,
-        seed=config.seed,
-        test_fraction=config.test_fraction,
-        questions_per_fact=config.questions_per_fact,
-        related_docs_per_fact=config.related_docs_per_fact,
-    )
+    task = demo_task(config)
     n = _num_test_questions(config)
     assert n == len(task.test)
     assert math.sqrt(0.25 / n) <= 0.04  # the worst case, p = 0.5
@@ -139,20 +133,14 @@ def test_joint_training_improves_held_out_answers(demo_summary):
     from transformers import AutoModelForCausalLM
 
     from jmlr_hf import DocumentIndex, JMLRRetriever
-    from jmlr_hf.data import make_demo_task, validate_qa_dataset
+    from jmlr_hf.data import validate_qa_dataset
     from jmlr_hf.evaluation import retrieve_passages
     from jmlr_hf.models import load_default_llm
 
     out, summary = demo_summary
     losses = [e["lm_loss"] for e in summary["log_history"] if "lm_loss" in e]
     assert len(losses) >= 4 and losses[-1] < 0.5 * losses[0]
-    task = make_demo_task(
-        num_facts=DEMO.num_facts,
-        seed=DEMO.seed,
-        test_fraction=DEMO.test_fraction,
-        questions_per_fact=DEMO.questions_per_fact,
-        related_docs_per_fact=DEMO.related_docs_per_fact,
-    )
+    task = demo_task(DEMO)
     rows = validate_qa_dataset(task.test)[: DEMO.max_eval_questions]
     index = DocumentIndex.load(
         out / "model" / "index", JMLRRetriever.from_pretrained(out / "model" / "retriever")

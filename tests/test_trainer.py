@@ -239,3 +239,47 @@ def test_non_finite_loss_is_skipped_without_corrupting_weights(
     assert trainer.skipped_batches == 1 and "Non-finite loss" in caplog.text
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert all(torch.isfinite(p).all() for p in trainer.retriever.parameters())
+
+
+def test_lm_target_cites_the_context_passage_that_supports_the_explanation(
+    tmp_path, llm_tokenizer, bert_tokenizer, demo, monkeypatch
+):
+    """The joint step's LM loss is on ``PromptBuilder.target``: the explanation cites its passage as [n]."""
+    from types import SimpleNamespace
+
+    from jmlr_hf.data import validate_qa_row
+
+    rows = [validate_qa_row(dict(demo.train[i])) for i in range(2)]
+    # a corpus of the rows' gold passages and two others, all of them in every prompt: the gold one always is
+    keep = {r["gold_doc_id"] for r in rows}
+    keep |= set([d for d in demo.corpus["id"] if d not in keep][:2])
+    corpus = demo.corpus.filter(lambda d: d["id"] in keep)
+    trainer = make_trainer(
+        tmp_path,
+        llm_tokenizer,
+        bert_tokenizer,
+        SimpleNamespace(corpus=corpus, train=demo.train),
+        utility_precision="fp32",
+        num_candidate_docs=4,
+        num_scored_docs=2,
+        num_context_docs=4,
+        max_context_tokens=1024,
+    )
+    seen: list[tuple[list[str], list[str]]] = []
+    batch = trainer.prompts.batch
+
+    def recording_batch(prompts, targets, *args, **kwargs):
+        seen.append((list(prompts), list(targets)))
+        return batch(prompts, targets, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.prompts, "batch", recording_batch)
+    out = trainer.joint_step(trainer.model.train(), rows)
+    prompts, targets = seen[-1]  # the LM loss batch (utility scoring builds its own)
+    cited = 0
+    for b, (row, target) in enumerate(zip(rows, targets)):
+        context = [trainer.index.hit(int(i), 0.0)["doc_id"] for i in out.context_ids[b]]
+        assert target.startswith(f"{row['answer']}.") and row["explanation"].rstrip(".") in target
+        if row["gold_doc_id"] in context:  # the demo explanation restates its passage: it must cite it
+            assert f"[{context.index(row['gold_doc_id']) + 1}]" in target
+            cited += 1
+    assert cited == len(rows)

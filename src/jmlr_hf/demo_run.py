@@ -39,6 +39,7 @@ import torch
 from transformers import TrainerCallback
 
 from .data import make_demo_task
+from .data.demo import DemoTask
 from .evaluation import (
     evaluate_mcq,
     recall_at_k,
@@ -52,7 +53,7 @@ from .evaluation.stats import paired_difference, standard_error
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DemoConfig", "estimate_seconds", "plot_training_curves", "run_demo"]
+__all__ = ["DemoConfig", "demo_task", "estimate_seconds", "plot_training_curves", "run_demo"]
 
 CLOSED_BOOK = "closed-book (base LLM)"
 FROZEN_RAG = "RAG, frozen retriever (base LLM)"
@@ -480,6 +481,17 @@ def _training_arguments(config: DemoConfig) -> Any:
     )
 
 
+def demo_task(config: DemoConfig) -> DemoTask:
+    """The synthetic task :func:`run_demo` uses for ``config`` (the same seed gives the same task)."""
+    return make_demo_task(
+        num_facts=config.num_facts,
+        seed=config.seed,
+        test_fraction=config.test_fraction,
+        questions_per_fact=config.questions_per_fact,
+        related_docs_per_fact=config.related_docs_per_fact,
+    )
+
+
 def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
     """Run the demo (see the module docstring) and return the results written to ``results.json``."""
     from . import DocumentIndex, JMLRTrainer
@@ -489,13 +501,7 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
     start, start_cpu = time.perf_counter(), time.process_time()
     os.makedirs(config.output_dir, exist_ok=True)
     torch.manual_seed(config.seed)
-    task = make_demo_task(
-        num_facts=config.num_facts,
-        seed=config.seed,
-        test_fraction=config.test_fraction,
-        questions_per_fact=config.questions_per_fact,
-        related_docs_per_fact=config.related_docs_per_fact,
-    )
+    task = demo_task(config)
     test = task.test
     if config.max_eval_questions is not None and len(test) > config.max_eval_questions:
         test = test.select(range(config.max_eval_questions))
