@@ -23,7 +23,9 @@ Examples:
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +40,12 @@ __all__ = [
     "RETRIEVER_SCHEDULER_FILE",
     "STATE_FILE",
     "inference_settings",
+    "link_or_copy",
     "read_inference_settings",
     "write_inference_settings",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: The trained retriever, inside the LLM's folder.
 RETRIEVER_DIR = "retriever"
@@ -87,3 +92,15 @@ def read_inference_settings(model_dir: str | os.PathLike | None) -> dict[str, An
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: invalid JSON ({err})") from err
+
+
+def link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> bool:
+    """Hard-link the file ``source`` as ``target`` (saved folders share unchanged files that way); copy it
+    where a link fails (e.g. across filesystems). Returns whether it was linked."""
+    try:
+        os.link(source, target)
+        return True
+    except OSError as err:
+        logger.info("Copying %s instead of hard-linking it (%s)", source, err)
+        shutil.copy2(source, target)
+        return False

@@ -47,7 +47,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -59,6 +58,7 @@ import pyarrow.parquet as pq
 import torch
 
 from ..data.corpus import CorpusSource, chunk_corpus, load_corpus, passage_text_for_encoding
+from ..layout import link_or_copy
 from .backends import BACKENDS, ExactBackend, FaissBackend, IndexBackend, IndexFileError, read_index_file
 from .backends.faiss import approximate_maxsim
 from .modeling_jmlr_retriever import EncodedBatch, JMLRRetriever, Precision, batch_plan
@@ -182,6 +182,14 @@ def _all_index_files() -> tuple[str, ...]:
         + tuple(f for b in BACKENDS.values() for f in b.files)
     )
     return tuple(dict.fromkeys(names))
+
+
+def _start_folder(folder: Path, passages: PassageTable) -> Path:
+    """``folder`` created, any index files in it unlinked (the config first), ``passages.arrow`` written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _unlink(folder, _all_index_files())
+    passages.write(folder / "passages.arrow")
+    return folder
 
 
 def _file_identity(path: Path) -> tuple[int, int, int]:
@@ -439,11 +447,7 @@ class DocumentIndex:
                 if isinstance(vectors, np.ndarray) and vectors.dtype == np.uint16
                 else vectors
             )
-            path = None if folder is None else Path(folder)
-            if path is not None:
-                path.mkdir(parents=True, exist_ok=True)
-                _unlink(path, _all_index_files())
-                table.write(path / "passages.arrow")
+            path = None if folder is None else _start_folder(Path(folder), table)
             index.store = ResidualStore.from_vectors(source, doclens, folder=path, **index.compression_kwargs)
             index.backend.build(index.store)
             if path is not None:
@@ -468,10 +472,7 @@ class DocumentIndex:
             )
             index.backend.build(index.store)
             return index
-        path = Path(folder)
-        path.mkdir(parents=True, exist_ok=True)
-        _unlink(path, _all_index_files())
-        table.write(path / "passages.arrow")
+        path = _start_folder(Path(folder), table)
         _write_store_files(path, blocks(), doclens, int(vectors.shape[1]))
         index._map_folder(path)
         index.backend.build(index.store)
@@ -637,16 +638,10 @@ class DocumentIndex:
         self.folder = folder
         self._folder_identity = self._identity(folder)
 
-    @staticmethod
-    def _identity(folder: Path) -> tuple[Any, ...] | None:
+    def _identity(self, folder: Path) -> tuple[Any, ...] | None:
+        """The identity (device, inode, size) of ``folder``'s data files for this index's store."""
         try:
-            names = ["passages.arrow", "doclens.npy"]
-            names += (
-                ["codes.npy", "residuals.npy", "codec.safetensors"]
-                if (folder / "codes.npy").exists()
-                else ["vectors.npy"]
-            )
-            return tuple(_file_identity(folder / name) for name in names)
+            return tuple(_file_identity(folder / name) for name in _store_files(self.store))
         except OSError:
             return None
 
@@ -836,7 +831,7 @@ class DocumentIndex:
         if intact:
             names = [*_store_files(self.store), *self.backend.files, INDEX_FILES[0]]  # config last
             for name in names:
-                _link_or_copy(self.folder / name, folder / name)  # type: ignore[operator]
+                link_or_copy(self.folder / name, folder / name)  # type: ignore[operator]
             return
         self.passages.write(folder / "passages.arrow")
         if isinstance(self.store, ResidualStore):
@@ -952,15 +947,6 @@ def missing_index_files(folder: str | os.PathLike) -> list[str]:
 def _check_compression(compression: Any) -> None:
     if compression not in (None, "residual"):
         raise ValueError(f"compression must be None or 'residual', got {compression!r}")
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link ``source`` as ``target``; copy it where a link fails (another filesystem)."""
-    try:
-        os.link(source, target)
-    except OSError as err:
-        logger.info("Copying %s instead of hard-linking it (%s)", source, err)
-        shutil.copy2(source, target)
 
 
 __all__ = [

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import re
-import shutil
 from collections.abc import Sequence
 from itertools import chain
 from pathlib import Path
@@ -31,6 +30,7 @@ from ..layout import (  # noqa: F401
     RETRIEVER_OPTIMIZER_FILE,
     RETRIEVER_SCHEDULER_FILE,
     STATE_FILE,
+    link_or_copy,
 )
 
 # The folder names are jmlr_hf.layout's; imported here, they stay importable from this module too.
@@ -110,16 +110,10 @@ def link_or_copy_files(source: str | os.PathLike, target: str | os.PathLike) -> 
     """Hard-link every file of the flat folder ``source`` into the new folder ``target`` (a copy where a
     link fails, e.g. across filesystems). Returns whether every file was linked."""
     os.makedirs(target)
-    linked = True
-    for entry in sorted(Path(source).iterdir()):
-        destination = os.path.join(target, entry.name)
-        try:
-            os.link(entry, destination)
-        except OSError as err:
-            logger.info("Copying %s instead of hard-linking it (%s)", entry, err)
-            shutil.copy2(entry, destination)
-            linked = False
-    return linked
+    linked = [
+        link_or_copy(entry, os.path.join(target, entry.name)) for entry in sorted(Path(source).iterdir())
+    ]
+    return all(linked)
 
 
 def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
