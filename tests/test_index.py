@@ -291,3 +291,28 @@ def test_approximate_maxsim_matches_the_dense_reference():
         np.maximum.at(dense, (rows, cols[hit]), sims[hit])
         got = _approximate_maxsim(rows, cols[hit], sims[hit], fill, width)
         np.testing.assert_allclose(got, dense.sum(0), atol=1e-4)
+
+
+def test_token_passage_lookup_matches_the_per_token_array():
+    """The block-table lookup gives every token the passage a [n_tokens] array would: passages much
+    longer than a block, one-token passages, many passage starts within one block, the last token."""
+    from jmlr_hf.retriever.backends.faiss import TokenPassages
+
+    rng = np.random.default_rng(0)
+    cases = [
+        rng.integers(1, 400, 3000),
+        np.ones(2000, dtype=np.int64),
+        rng.integers(1, 3, 5000),
+        np.array([1000, 1, 1, 600, 1]),
+        np.array([7]),
+    ]
+    for lengths in cases:
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        every = np.arange(int(offsets[-1]))
+        reference = np.repeat(np.arange(len(lengths)), lengths)
+        lookup = TokenPassages(offsets)
+        np.testing.assert_array_equal(lookup(every), reference)
+        shuffled = rng.permutation(every)
+        np.testing.assert_array_equal(lookup(shuffled), reference[shuffled])
+        assert len(lookup.block_first) == -(-int(offsets[-1]) // TokenPassages.BLOCK)  # not one per token
