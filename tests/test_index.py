@@ -316,3 +316,26 @@ def test_token_passage_lookup_matches_the_per_token_array():
         shuffled = rng.permutation(every)
         np.testing.assert_array_equal(lookup(shuffled), reference[shuffled])
         assert len(lookup.block_first) == -(-int(offsets[-1]) // TokenPassages.BLOCK)  # not one per token
+
+
+def test_segment_maxsim_is_float32_exact_on_bf16_vectors(monkeypatch):
+    """The rerank's MaxSim multiplies in float32 (bf16 vectors widened, the query never rounded to bf16):
+    equal to a float64 reference to float32 rounding, for short and long queries, in many blocks."""
+    from jmlr_hf.retriever import store as store_module
+
+    monkeypatch.setattr(store_module, "_SEGMENT_BLOCK_ENTRIES", 4096)  # blocks of a few passages
+    rng = np.random.default_rng(0)
+    for lq, n_passages in ((3, 5), (40, 300), (170, 40)):
+        lengths = rng.integers(1, 200, n_passages)
+        vectors = torch.nn.functional.normalize(torch.randn(int(lengths.sum()), 16), dim=1).to(torch.bfloat16)
+        q = torch.nn.functional.normalize(torch.randn(2, lq, 16), dim=2)
+        qmask = torch.ones(2, lq, dtype=torch.bool)
+        qmask[1, lq // 2 :] = False
+        sims = q.double() @ vectors.double().T  # [2, lq, n_tokens]
+        bounds = np.concatenate([[0], np.cumsum(lengths)])
+        reference = torch.stack(
+            [sims[:, :, a:b].amax(2) for a, b in zip(bounds[:-1], bounds[1:])], dim=2
+        )
+        reference = (reference * qmask[:, :, None]).sum(1)
+        got = store_module.segment_maxsim(q, qmask, vectors, lengths)
+        torch.testing.assert_close(got.double(), reference, atol=1e-5, rtol=1e-6)

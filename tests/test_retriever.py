@@ -333,3 +333,18 @@ def test_bad_inputs(tiny_retriever, encoder_path, tmp_path):
     bare = JMLRRetriever(tiny_retriever.config)
     with pytest.raises(ValueError, match="no tokenizer"):
         bare.encode_queries(["q"])
+
+
+def test_auto_precision_encodes_queries_in_float32_on_cpu(tiny_retriever, monkeypatch):
+    """On a CPU with fast bf16, ``"auto"`` keeps bf16 for passages but encodes queries in float32
+    (as fast for a query, and no oneDNN kernel cached per query length: a search process stops growing)."""
+    import jmlr_hf.retriever.modeling_jmlr_retriever as modeling
+
+    monkeypatch.setattr(modeling, "bf16_supported", lambda device: True)  # as on AVX-512 BF16 / AMX CPUs
+    texts = ["first-line therapy for hypertension in pregnancy", "sepsis fluids"]
+    auto = tiny_retriever.encode_queries(texts)
+    assert torch.equal(auto.embeddings, tiny_retriever.encode_queries(texts, precision="fp32").embeddings)
+    assert not torch.equal(auto.embeddings, tiny_retriever.encode_queries(texts, precision="bf16").embeddings)
+    docs_auto = tiny_retriever.encode_documents(texts).embeddings
+    assert torch.equal(docs_auto, tiny_retriever.encode_documents(texts, precision="bf16").embeddings)
+    assert not torch.equal(docs_auto, tiny_retriever.encode_documents(texts, precision="fp32").embeddings)

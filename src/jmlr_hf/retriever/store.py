@@ -33,7 +33,8 @@ STORE_DTYPE = torch.bfloat16
 
 # Similarity entries (query rows x tokens) scored in one block by segment_maxsim: 2**22 float32
 # entries are 16 MiB, so no temporary crosses glibc's 32 MiB mmap threshold (fresh mmapped memory
-# page-faults on every call, which cost more than the arithmetic on a small VM).
+# page-faults on every call, which cost more than the arithmetic on a small VM). The float32 copy of a
+# block of token vectors stays within the same 16 MiB.
 _SEGMENT_BLOCK_ENTRIES = 1 << 22
 
 
@@ -41,20 +42,25 @@ def segment_maxsim(
     q: torch.Tensor, qmask: torch.Tensor, vectors: torch.Tensor, lengths: np.ndarray
 ) -> torch.Tensor:
     """MaxSim of queries ``[nq, Lq, dim]`` against consecutive passages stored flat in ``vectors``
-    (``lengths`` tokens each, all > 0) -> ``[nq, n_passages]`` float32."""
+    (``lengths`` tokens each, all > 0) -> ``[nq, n_passages]`` float32.
+
+    The products are float32 (bf16 vectors widened a block at a time): on CPUs with bf16 matrix units
+    a bf16 matmul builds and caches a oneDNN kernel for every new (query length, block length) shape,
+    so a search process grew by about 4 MiB a query without bound (26M-token store, 300 full-length
+    questions: +1.6 GiB), and the float32 product was faster here as well (docs/benchmarks.md)."""
     nq, lq, dim = q.shape
-    rows = q.reshape(nq * lq, dim).to(vectors.dtype)
+    rows = q.reshape(nq * lq, dim).float()
     lengths = np.asarray(lengths, dtype=np.int64)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     best = np.empty((nq * lq, len(lengths)), dtype=np.float32)
-    block_tokens = max(_SEGMENT_BLOCK_ENTRIES // max(nq * lq, 1), 1)
+    block_tokens = max(min(_SEGMENT_BLOCK_ENTRIES // max(nq * lq, 1), _SEGMENT_BLOCK_ENTRIES // dim), 1)
     p0 = 0
     while p0 < len(lengths):  # blocks of whole passages, about block_tokens tokens each
         p1 = int(np.searchsorted(offsets, offsets[p0] + block_tokens, side="right")) - 1
         p1 = min(max(p1, p0 + 1), len(lengths))
         t0, t1 = int(offsets[p0]), int(offsets[p1])
-        sim = (rows @ vectors[t0:t1].T).float().numpy()
+        sim = (rows @ vectors[t0:t1].float().T).numpy()
         best[:, p0:p1] = np.maximum.reduceat(sim, offsets[p0:p1] - t0, axis=1)
         p0 = p1
     return (torch.from_numpy(best).reshape(nq, lq, -1) * qmask[:, :, None].float()).sum(1)

@@ -233,9 +233,9 @@ class FaissBackend(IndexBackend):
             cands = np.concatenate([cands, extra])
         return cands
 
-    # Up to this many passages, candidate bookkeeping uses arrays over all passages instead of
-    # sorting the hits (np.unique).
-    _DENSE_CANDIDATES_MAX = 1 << 17
+    # Up to this many passages, candidate bookkeeping uses arrays over all passages (a few MB a query)
+    # instead of sorting the hits (np.unique): at 178k passages and 131k hits, 15 ms against 33 ms.
+    _DENSE_CANDIDATES_MAX = 1 << 21
 
     def _token_passages(self, store: TokenStore) -> TokenPassages:
         """The token -> passage lookup of ``store`` (made again when its layout changes)."""
