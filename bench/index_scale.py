@@ -28,6 +28,12 @@ Phases (subcommands), each writing ``<phase>.json`` into ``--out`` so that they 
     ``<data>/compact``; the index searched with that store (faiss candidates, rerank on decompressed
     vectors): bytes a token, recall@30 against the bf16 exact top-30 of ``search`` (the same questions),
     latency, memory.
+``sweep``
+    faiss settings (nprobe, hits a query token, reranked) on the mapped index against recall@30 (``search``'s
+    exact top-30) and p50 latency, with the time of each stage (query encoding, faiss, candidates, rerank).
+``replicas``
+    Does replicating real vectors (``synth``) change recall behaviour? At 10,000 passages: faiss recall@30
+    against exact on the real passages and on 2,500 of them replicated 4x with the same noise.
 ``two-proc``
     (1) Two processes map the same index: the second's USS / PSS against one store's size (the first
     holds the pages in the page cache, searched). (2) A 2-process ``torch.distributed`` refresh (build into
@@ -450,6 +456,39 @@ def search(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------- sweep
+class _StageTimer:
+    """Wall time spent in the faiss backend's stages (faiss search, candidates, exact rerank), summed."""
+
+    def __init__(self, backend) -> None:
+        self.backend, self.seconds = backend, {"faiss": 0.0, "candidates": 0.0, "rerank": 0.0}
+        index = backend._search_index()
+        timer = self
+
+        class _Timed:  # the faiss index, its search timed
+            def search(self, x, k):
+                t0 = time.perf_counter()
+                result = index.search(x, k)
+                timer.seconds["faiss"] += time.perf_counter() - t0
+                return result
+
+        backend._search_index = lambda: _Timed()
+        for stage in ("candidates", "rerank"):
+            setattr(backend, f"_{stage}", self._timed(stage, getattr(backend, f"_{stage}")))
+
+    def _timed(self, stage: str, fn):
+        def run(*a, **kw):
+            t0 = time.perf_counter()
+            result = fn(*a, **kw)
+            self.seconds[stage] += time.perf_counter() - t0
+            return result
+
+        return run
+
+    def restore(self) -> None:
+        for attr in ("_search_index", "_candidates", "_rerank"):
+            vars(self.backend).pop(attr, None)
+
+
 def sweep(args: argparse.Namespace) -> None:
     """faiss search settings (nprobe, hits a query token, reranked candidates) against recall@30 and latency,
     on the mapped index, with ``search``'s exact top-30 as the reference (no exact pass again)."""
@@ -472,16 +511,82 @@ def sweep(args: argparse.Namespace) -> None:
         for name in SETTINGS:
             index.retriever.config.query_max_length = SETTINGS[name]
             index.search(texts[:2], k=K)  # warm up
-            found, times = [], []
+            found, times, encode_times = [], [], []
+            stages = _StageTimer(backend)
             for text in texts:
                 t0 = time.perf_counter()
-                hits = index.search_encoded(encode(index.retriever, [text], name), K)[1][0].tolist()
+                encoded = encode(index.retriever, [text], name)
+                encode_times.append(time.perf_counter() - t0)
+                hits = index.search_encoded(encoded, K)[1][0].tolist()
                 times.append(time.perf_counter() - t0)  # query encoding included
                 found.append(hits)
-            row[name] = {"recall": recall(found, reference[name]), "p50_ms": 1000 * float(np.median(times))}
+            stages.restore()
+            row[name] = {
+                "recall": recall(found, reference[name]),
+                "p50_ms": 1000 * float(np.median(times)),
+                "encode_p50_ms": 1000 * float(np.median(encode_times)),
+                "stage_mean_ms": {k: 1000 * v / len(texts) for k, v in stages.seconds.items()},
+            }
         log(json.dumps(row))
         rows.append(row)
     save_json(out, "sweep", {"queries": n, "rows": rows})
+
+
+# ---------------------------------------------------------------------------------------- replicas
+def replicas(args: argparse.Namespace) -> None:
+    """Does replicating real vectors change recall behaviour? At the size of the real check (10,000
+    passages), faiss recall@30 against exact on the real passages and on the first 1/copies of them
+    replicated ``--copies`` times with the ``synth`` noise, at several search settings."""
+    import pyarrow.parquet as pq
+    from safetensors import safe_open
+
+    from jmlr_hf import DocumentIndex
+
+    out, _ = _paths(args)
+    src = Path(args.source)
+    n, copies = args.check_passages, args.copies
+    with safe_open(str(src / "vectors.safetensors"), "pt") as f:
+        doclens = f.get_tensor("doclens").numpy().astype(np.int64)[:n]
+        real = f.get_slice("vectors")[: int(doclens.sum())]
+    table = pq.read_table(src / "passages.parquet").slice(0, n).to_pydict()
+    retriever = retriever_for_queries()
+    texts = questions(args.check_queries)
+    encoded = {name: encode(retriever, texts, name) for name in SETTINGS}
+    m = n // copies
+    m_tok = int(doclens[:m].sum())
+    rng = np.random.default_rng(args.seed)
+    noisy = []
+    for _ in range(copies):  # as synth makes its copies
+        x = real[:m_tok].float().numpy().copy()
+        x += args.noise * rng.standard_normal(x.shape, dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        noisy.append(torch.from_numpy(x).to(torch.bfloat16))
+    stores = {
+        "real": (real, doclens),
+        "replicated": (torch.cat(noisy), np.tile(doclens[:m], copies)),
+    }
+    rows: dict[str, dict] = {}
+    for store_name, (vectors, lengths) in stores.items():
+        index = DocumentIndex.from_vectors(
+            {k: v[: len(lengths)] for k, v in table.items()}, vectors, lengths, retriever, backend="faiss"
+        )
+        backend = index.backend
+        res: dict[str, Any] = {"passages": len(lengths), "tokens": int(lengths.sum()), "nlist": backend.nlist}
+        for name, enc in encoded.items():
+            ref = exact_top(index.store, enc)
+            for setting in args.settings:
+                nprobe, tpq, rerank = (int(x) for x in setting.split(","))
+                backend.nprobe, backend.tokens_per_query_token, backend.max_rerank = nprobe, tpq, rerank
+                backend.index.nprobe = nprobe
+                _, found = index.search_encoded(enc, K)
+                res.setdefault(setting, {})[name] = recall(found.tolist(), ref)
+        log(f"{store_name}: {json.dumps(res)}")
+        rows[store_name] = res
+    save_json(
+        out,
+        "replicas",
+        {"copies": copies, "noise": args.noise, "queries": len(texts), "settings": args.settings, **rows},
+    )
 
 
 # ---------------------------------------------------------------------------------------- compact
@@ -689,6 +794,15 @@ def refresh_worker(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------- report
+def _stages(row: dict) -> str:
+    stage = row.get("stage_mean_ms")
+    if not stage:
+        return "-"
+    return (
+        f"{row['encode_p50_ms']:.0f}, {stage['faiss']:.0f}, {stage['candidates']:.0f}, {stage['rerank']:.0f}"
+    )
+
+
 def report(args: argparse.Namespace) -> None:
     out, _ = _paths(args)
     r = {name: load_json(out, name) for name in ("synth", "build", "search", "compact", "two_proc")}
@@ -849,12 +963,32 @@ def report(args: argparse.Namespace) -> None:
             f"faiss search settings on the mapped store ({sw['queries']} questions a setting, `search`'s exact "
             f"top-30 as the reference; {sw['date']}, `{sw['command']}`):",
             "",
-            "| nprobe | hits a query token | reranked | recall@30 full / 32-token | p50 ms full / 32-token |",
-            "|---|---|---|---|---|",
+            "| nprobe | hits a query token | reranked | recall@30 full / 32-token | p50 ms full / 32-token "
+            "| of it, mean ms full / 32-token: encode, faiss, candidates, rerank |",
+            "|---|---|---|---|---|---|",
             *(
                 f"| {w['nprobe']} | {w['tokens_per_query_token']} | {w['max_rerank']} | "
-                f"{w['full']['recall']:.3f} / {w['32']['recall']:.3f} | {w['full']['p50_ms']:.0f} / {w['32']['p50_ms']:.0f} |"
+                f"{w['full']['recall']:.3f} / {w['32']['recall']:.3f} | {w['full']['p50_ms']:.0f} / {w['32']['p50_ms']:.0f} | "
+                + " / ".join(_stages(w[name]) for name in SETTINGS)
+                + " |"
                 for w in sw["rows"]
+            ),
+            "",
+        ]
+    rp = load_json(out, "replicas")
+    if rp:
+        real, rep = rp["real"], rp["replicated"]
+        lines += [
+            f"Replication check ({rp['date']}, `{rp['command']}`): faiss recall@30 against exact at "
+            f"{real['passages']:,} real passages ({real['tokens']:,} tokens) and at {rep['passages']:,} passages "
+            f"made of the first {rep['passages'] // rp['copies']:,} replicated {rp['copies']}x with sigma "
+            f"{rp['noise']} ({rep['tokens']:,} tokens), {rp['queries']} questions:",
+            "",
+            "| nprobe, hits, reranked | real full / 32-token | replicated full / 32-token |",
+            "|---|---|---|",
+            *(
+                f"| {st} | {real[st]['full']:.3f} / {real[st]['32']:.3f} | {rep[st]['full']:.3f} / {rep[st]['32']:.3f} |"
+                for st in rp["settings"]
             ),
             "",
         ]
@@ -922,6 +1056,13 @@ def main() -> None:
         "--settings", nargs="+", default=["32,512,512", "16,512,512", "32,1024,1024", "64,1024,1024"],
         help="nprobe,tokens_per_query_token,max_rerank",
     )  # fmt: skip
+    p = add("replicas", "at 10k passages: recall on real passages against replicated ones (synth's noise)")
+    p.add_argument("--copies", type=int, default=4)
+    p.add_argument("--noise", type=float, default=0.01)
+    p.add_argument("--check-passages", type=int, default=10_000)
+    p.add_argument("--check-queries", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--settings", nargs="+", default=["32,128,128", "32,512,512", "32,2048,2048"])
     p = add("two-proc", "two processes on one node: the second's memory; a 2-process refresh split")
     p.add_argument("--queries", type=int, default=50)
     p.add_argument("--refresh-passages", type=int, default=400)
@@ -943,6 +1084,7 @@ def main() -> None:
         "search": search,
         "compact": compact,
         "sweep": sweep,
+        "replicas": replicas,
         "two-proc": two_proc,
         "report": report,
         "worker": worker,
