@@ -31,6 +31,9 @@ Phases (subcommands), each writing ``<phase>.json`` into ``--out`` so that they 
 ``sweep``
     faiss settings (nprobe, hits a query token, reranked) on the mapped index against recall@30 (``search``'s
     exact top-30) and p50 latency, with the time of each stage (query encoding, faiss, candidates, rerank).
+``growth``
+    Private memory (RssAnon) of one search process over ``--queries`` different full-length questions, every
+    ``--every`` searches: does it keep growing? (``PYTHONPATH=<checkout>/src`` measures another version.)
 ``replicas``
     Does replicating real vectors (``synth``) change recall behaviour? At 10,000 passages: faiss recall@30
     against exact on the real passages and on 2,500 of them replicated 4x with the same noise.
@@ -532,6 +535,38 @@ def sweep(args: argparse.Namespace) -> None:
     save_json(out, "sweep", {"queries": n, "rows": rows})
 
 
+# ---------------------------------------------------------------------------------------- growth
+def growth(args: argparse.Namespace) -> None:
+    """Does a search process keep growing? One fresh process: the mapped index, ``--queries`` different
+    full-length questions searched one by one (``index.search([q], k=30)``, query encoding included),
+    private memory (RssAnon) every ``--every`` searches. Run with ``PYTHONPATH=<other checkout>/src`` to
+    measure another version of the library the same way (``--label`` names it)."""
+    import jmlr_hf
+    from jmlr_hf import DocumentIndex
+
+    out, data = _paths(args)
+    retriever = retriever_for_queries()
+    index = DocumentIndex.load(data / "index", retriever, allow_stale=True)
+    texts = questions(args.queries)
+    index.search(texts[:1], k=K)
+    start = mem_stats()["RssAnon"]
+    points, t0 = [], time.perf_counter()
+    for i, text in enumerate(texts, 1):
+        index.search([text], k=K)
+        if i % args.every == 0:
+            points.append({"searches": i, "rss_anon_growth_mib": round(mem_stats()["RssAnon"] - start, 1)})
+            log(f"{args.label}: {points[-1]}")
+    record = {
+        "label": args.label,
+        "library": str(Path(jmlr_hf.__file__).parent),
+        "queries": len(texts),
+        "seconds": time.perf_counter() - t0,
+        "rss_anon_start_mib": start,
+        "points": points,
+    }
+    save_json(out, f"growth_{args.label}", record)
+
+
 # ---------------------------------------------------------------------------------------- replicas
 def replicas(args: argparse.Namespace) -> None:
     """Does replicating real vectors change recall behaviour? At the size of the real check (10,000
@@ -975,6 +1010,24 @@ def report(args: argparse.Namespace) -> None:
             ),
             "",
         ]
+    grow = {p.stem[len("growth_") :]: load_json(out, p.stem) for p in sorted(out.glob("growth_*.json"))}
+    if grow:
+        lines += [
+            "Private memory (RssAnon, MiB) a search process adds over different full-length questions, one "
+            "`index.search([q], k=30)` each (`bench/index_scale.py growth`):",
+            "",
+            "| version | "
+            + " | ".join(f"after {p['searches']}" for p in next(iter(grow.values()))["points"])
+            + " | time |",
+            "|---|" + "---|" * (len(next(iter(grow.values()))["points"]) + 1),
+            *(
+                f"| {label} ({g['date']}) | "
+                + " | ".join(f"+{p['rss_anon_growth_mib']:.0f}" for p in g["points"])
+                + f" | {g['seconds']:.0f} s |"
+                for label, g in grow.items()
+            ),
+            "",
+        ]
     rp = load_json(out, "replicas")
     if rp:
         real, rep = rp["real"], rp["replicated"]
@@ -1056,6 +1109,10 @@ def main() -> None:
         "--settings", nargs="+", default=["32,512,512", "16,512,512", "32,1024,1024", "64,1024,1024"],
         help="nprobe,tokens_per_query_token,max_rerank",
     )  # fmt: skip
+    p = add("growth", "private memory of a search process over many different questions")
+    p.add_argument("--queries", type=int, default=300)
+    p.add_argument("--every", type=int, default=50)
+    p.add_argument("--label", default="current", help="names the result (growth_<label>.json)")
     p = add("replicas", "at 10k passages: recall on real passages against replicated ones (synth's noise)")
     p.add_argument("--copies", type=int, default=4)
     p.add_argument("--noise", type=float, default=0.01)
@@ -1085,6 +1142,7 @@ def main() -> None:
         "compact": compact,
         "sweep": sweep,
         "replicas": replicas,
+        "growth": growth,
         "two-proc": two_proc,
         "report": report,
         "worker": worker,

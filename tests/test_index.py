@@ -318,24 +318,46 @@ def test_token_passage_lookup_matches_the_per_token_array():
         assert len(lookup.block_first) == -(-int(offsets[-1]) // TokenPassages.BLOCK)  # not one per token
 
 
-def test_segment_maxsim_is_float32_exact_on_bf16_vectors(monkeypatch):
-    """The rerank's MaxSim multiplies in float32 (bf16 vectors widened, the query never rounded to bf16):
-    equal to a float64 reference to float32 rounding, for short and long queries, in many blocks."""
+def test_segment_maxsim_blocks_and_padding_match_a_reference(monkeypatch):
+    """The rerank's MaxSim in fixed-shape blocks (query rows padded, the last block zero-padded, passages
+    across blocks) equals a float64 reference exactly, for short and long queries (values on a grid of
+    1/32: every product and sum is exact in bf16 and float32, so any token scored twice or missed shows)."""
     from jmlr_hf.retriever import store as store_module
 
-    monkeypatch.setattr(store_module, "_SEGMENT_BLOCK_ENTRIES", 4096)  # blocks of a few passages
+    monkeypatch.setattr(store_module, "_SEGMENT_BLOCK_TOKENS", 256)  # passages cross many blocks
     rng = np.random.default_rng(0)
-    for lq, n_passages in ((3, 5), (40, 300), (170, 40)):
-        lengths = rng.integers(1, 200, n_passages)
-        vectors = torch.nn.functional.normalize(torch.randn(int(lengths.sum()), 16), dim=1).to(torch.bfloat16)
-        q = torch.nn.functional.normalize(torch.randn(2, lq, 16), dim=2)
+    for lq, n_passages in ((3, 5), (40, 300), (170, 40), (2, 1)):
+        lengths = rng.integers(1, 600, n_passages)
+        vectors = (torch.from_numpy(rng.integers(-2, 3, (int(lengths.sum()), 16))) / 8).to(torch.bfloat16)
+        q = torch.from_numpy(rng.integers(-2, 3, (2, lq, 16))).float() / 4
         qmask = torch.ones(2, lq, dtype=torch.bool)
         qmask[1, lq // 2 :] = False
         sims = q.double() @ vectors.double().T  # [2, lq, n_tokens]
         bounds = np.concatenate([[0], np.cumsum(lengths)])
-        reference = torch.stack(
-            [sims[:, :, a:b].amax(2) for a, b in zip(bounds[:-1], bounds[1:])], dim=2
-        )
+        reference = torch.stack([sims[:, :, a:b].amax(2) for a, b in zip(bounds[:-1], bounds[1:])], dim=2)
         reference = (reference * qmask[:, :, None]).sum(1)
         got = store_module.segment_maxsim(q, qmask, vectors, lengths)
-        torch.testing.assert_close(got.double(), reference, atol=1e-5, rtol=1e-6)
+        torch.testing.assert_close(got.double(), reference, atol=0, rtol=0)
+
+
+def test_segment_maxsim_uses_few_matmul_shapes(monkeypatch):
+    """Every query length and candidate count maps onto a few matmul shapes (each new shape caches a
+    oneDNN kernel on bf16 CPUs: one per query made a search process grow without bound)."""
+    from jmlr_hf.retriever import store as store_module
+
+    shapes = set()
+    real_matmul = torch.Tensor.__matmul__
+
+    def record(a, b):
+        shapes.add((tuple(a.shape), tuple(b.shape)))
+        return real_matmul(a, b)
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", record)
+    rng = np.random.default_rng(0)
+    for lq in range(60, 200, 7):  # 20 query lengths, 20 candidate sets
+        lengths = rng.integers(50, 200, int(rng.integers(100, 400)))
+        vectors = torch.zeros(int(lengths.sum()), 8, dtype=torch.bfloat16)
+        store_module.segment_maxsim(
+            torch.ones(1, lq, 8), torch.ones(1, lq, dtype=torch.bool), vectors, lengths
+        )
+    assert len(shapes) <= 5, shapes  # row buckets 64, 96, 128, 192, 256; one block length

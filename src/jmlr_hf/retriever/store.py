@@ -33,9 +33,19 @@ STORE_DTYPE = torch.bfloat16
 
 # Similarity entries (query rows x tokens) scored in one block by segment_maxsim: 2**22 float32
 # entries are 16 MiB, so no temporary crosses glibc's 32 MiB mmap threshold (fresh mmapped memory
-# page-faults on every call, which cost more than the arithmetic on a small VM). The float32 copy of a
-# block of token vectors stays within the same 16 MiB.
+# page-faults on every call, which cost more than the arithmetic on a small VM).
 _SEGMENT_BLOCK_ENTRIES = 1 << 22
+# Token vectors a block holds at most (fewer when the query rows would make its similarities pass
+# _SEGMENT_BLOCK_ENTRIES).
+_SEGMENT_BLOCK_TOKENS = 1 << 13
+
+
+def _row_bucket(n: int) -> int:
+    """``n`` rounded up to 16, 24, 32, 48, 64, 96, ... (``2**k`` or ``1.5 * 2**k``; at most a third more)."""
+    size = 16
+    while size < n:
+        size = size * 3 // 2 if (size & (size - 1)) == 0 else size * 4 // 3
+    return size
 
 
 def segment_maxsim(
@@ -44,25 +54,37 @@ def segment_maxsim(
     """MaxSim of queries ``[nq, Lq, dim]`` against consecutive passages stored flat in ``vectors``
     (``lengths`` tokens each, all > 0) -> ``[nq, n_passages]`` float32.
 
-    The products are float32 (bf16 vectors widened a block at a time): on CPUs with bf16 matrix units
-    a bf16 matmul builds and caches a oneDNN kernel for every new (query length, block length) shape,
-    so a search process grew by about 4 MiB a query without bound (26M-token store, 300 full-length
-    questions: +1.6 GiB), and the float32 product was faster here as well (docs/benchmarks.md)."""
+    The products run in the vectors' dtype (bf16 for a store: the query rows are rounded to it) with a
+    few fixed shapes: the query rows padded to a :func:`_row_bucket`, the tokens in blocks of one size
+    (the last block zero-padded; padding never scores). On CPUs with bf16 matrix units every new
+    matmul shape builds and caches a oneDNN kernel: with one shape per (query length, candidate tokens)
+    a search process grew by about 5 MiB a query without bound (26M-token store, 300 full-length
+    questions: +1.6 GiB; docs/benchmarks.md), and float32 products instead cost twice the time."""
     nq, lq, dim = q.shape
-    rows = q.reshape(nq * lq, dim).float()
+    n_rows = nq * lq
+    rows = torch.zeros(_row_bucket(n_rows), dim, dtype=vectors.dtype)
+    rows[:n_rows] = q.reshape(n_rows, dim)
     lengths = np.asarray(lengths, dtype=np.int64)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    best = np.empty((nq * lq, len(lengths)), dtype=np.float32)
-    block_tokens = max(min(_SEGMENT_BLOCK_ENTRIES // max(nq * lq, 1), _SEGMENT_BLOCK_ENTRIES // dim), 1)
-    p0 = 0
-    while p0 < len(lengths):  # blocks of whole passages, about block_tokens tokens each
-        p1 = int(np.searchsorted(offsets, offsets[p0] + block_tokens, side="right")) - 1
-        p1 = min(max(p1, p0 + 1), len(lengths))
-        t0, t1 = int(offsets[p0]), int(offsets[p1])
-        sim = (rows @ vectors[t0:t1].float().T).numpy()
-        best[:, p0:p1] = np.maximum.reduceat(sim, offsets[p0:p1] - t0, axis=1)
-        p0 = p1
+    n_tokens = int(offsets[-1])
+    best = np.full((n_rows, len(lengths)), -np.inf, dtype=np.float32)
+    block = min(_SEGMENT_BLOCK_TOKENS, max(256, 1 << (_SEGMENT_BLOCK_ENTRIES // len(rows)).bit_length() - 1))
+    pad = None
+    for t0 in range(0, n_tokens, block):
+        t1 = min(t0 + block, n_tokens)
+        chunk = vectors[t0:t1]
+        if t1 - t0 < block:  # the last block, zero-padded to the one shape
+            pad = torch.zeros(block, dim, dtype=vectors.dtype) if pad is None else pad
+            pad[: t1 - t0] = chunk
+            pad[t1 - t0 :] = 0
+            chunk = pad
+        sim = (rows @ chunk.T)[:n_rows, : t1 - t0].float().numpy()
+        # the passages this block holds tokens of; a passage across blocks keeps the larger maximum
+        p0 = int(np.searchsorted(offsets, t0, side="right")) - 1
+        p1 = int(np.searchsorted(offsets, t1, side="left"))
+        starts = np.maximum(offsets[p0:p1], t0) - t0
+        np.maximum(best[:, p0:p1], np.maximum.reduceat(sim, starts, axis=1), out=best[:, p0:p1])
     return (torch.from_numpy(best).reshape(nq, lq, -1) * qmask[:, :, None].float()).sum(1)
 
 
