@@ -6,14 +6,19 @@ encoding its share of the batches), refreshes it with changed weights into anoth
 (same threads, same settings) and saves it, for the test to compare bit for bit.
 
     python -m torch.distributed.run --nproc_per_node 2 tests/index_store_worker.py OUT
+
+With ``--fail-rank R``: rank R's encoder raises during the build; every process writes the error it got to
+``error{rank}.txt`` (and exits 0, so the launcher does not kill the others first).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -43,7 +48,12 @@ def perturb_(retriever) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
-    out = parser.parse_args().out
+    parser.add_argument("--fail-rank", type=int, default=None)
+    args = parser.parse_args()
+    out = args.out
+    if args.fail_rank is not None:
+        fail(out, args.fail_rank)
+        return
     torch.distributed.init_process_group("gloo")
     rank = torch.distributed.get_rank()
     _, bert_tokenizer = default_tokenizers()
@@ -66,6 +76,28 @@ def main() -> None:
     (out / f"rank{rank}.json").write_text(json.dumps(record), encoding="utf-8")
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+
+
+def fail(out: Path, fail_rank: int) -> None:
+    """A sharded build whose encoder fails on ``fail_rank``: what each process raises, and when."""
+    torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    rank = torch.distributed.get_rank()
+    _, bert_tokenizer = default_tokenizers()
+    retriever = make_tiny_retriever(bert_tokenizer, seed=0)
+    if rank == fail_rank:
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("injected encoder failure")
+            yield  # a generator, as the real one
+
+        retriever._encode_batches = broken
+    t0 = time.perf_counter()
+    try:
+        DocumentIndex.build(synthetic_corpus(40), retriever, folder=out / "built", **SETTINGS)
+        message = "no error"
+    except Exception as err:
+        message = f"{type(err).__name__}: {err}"
+    (out / f"error{rank}.txt").write_text(f"{time.perf_counter() - t0:.1f}\n{message}", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -376,3 +376,26 @@ def test_jmlr_index_under_torchrun_matches_one_process(bert_tokenizer, tmp_path)
     _files_equal(tmp_path / "two", tmp_path / "one", names=("vectors.npy", "doclens.npy", "faiss.index"))
     configs = [json.loads((tmp_path / f / "index_config.json").read_text()) for f in ("one", "two")]
     assert configs[0] == configs[1]
+
+
+def test_a_failure_on_one_process_stops_every_process_of_a_sharded_build(tmp_path):
+    """Rank 1's encoder raises during a 2-process build: rank 0 raises too, at once, naming what failed,
+    instead of waiting at the next barrier until the collective timeout (60 s here)."""
+    from jmlr_hf.models import MissingDefaultModelError, default_encoder_path
+
+    try:
+        default_encoder_path()
+    except MissingDefaultModelError as err:
+        pytest.skip(str(err))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(WORKER), str(tmp_path), "--fail-rank", "1"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    seconds, errors = {}, {}
+    for rank in (0, 1):
+        first, message = (tmp_path / f"error{rank}.txt").read_text(encoding="utf-8").split("\n", 1)
+        seconds[rank], errors[rank] = float(first), message
+    assert "injected encoder failure" in errors[1]
+    assert "other process(es) of the group failed" in errors[0] and "encoding into" in errors[0], errors[0]
+    assert seconds[0] < 30, seconds  # not the 60 s collective timeout

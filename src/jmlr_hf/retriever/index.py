@@ -48,7 +48,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
@@ -162,9 +162,27 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _barrier(world: int) -> None:
+def _all_ranks(world: int, step: Callable[[], None], what: str) -> None:
+    """Run ``step`` on this process, then wait for every process of the group (a barrier that also tells each
+    process whether any other failed): a failure on one rank raises on all of them, instead of leaving the
+    others waiting at the next barrier until the collective timeout."""
+    error: BaseException | None = None
+    try:
+        step()
+    except Exception as err:  # re-raised below, after the others know
+        error = err
     if world > 1:
-        torch.distributed.barrier()
+        nccl = torch.distributed.get_backend() == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        failed = torch.tensor([int(error is not None)], device=device)
+        torch.distributed.all_reduce(failed)
+        if error is None and int(failed.item()):
+            raise RuntimeError(
+                f"{what}: {int(failed.item())} other process(es) of the group failed (their error is in their "
+                "log); this process stops too"
+            )
+    if error is not None:
+        raise error
 
 
 def _unlink(folder: Path, names: Iterable[str]) -> None:
@@ -551,35 +569,43 @@ class DocumentIndex:
         t0 = time.perf_counter()
         strings, token_ids, doclens = self._document_token_ids()
         dim = int(self.retriever.config.dim)
-        if rank == 0:
-            self._prepare_folder(folder, doclens, dim)
-        _barrier(world)
-        out = np.load(folder / "vectors.npy", mmap_mode="r+", allow_pickle=False)
-        target = bf16_from_bits(out)
-        offsets = np.zeros(len(doclens) + 1, dtype=np.int64)
-        np.cumsum(doclens, out=offsets[1:])
+        _all_ranks(
+            world,
+            lambda: self._prepare_folder(folder, doclens, dim) if rank == 0 else None,
+            f"preparing {folder}",
+        )
         n_batches = len(batch_plan(token_ids, self.batch_size))
         mine = range(rank, n_batches, world)
-        show = show_progress_bar if rank == 0 else False
         encoded = 0
-        batches = self.retriever._encode_batches(
-            strings, False, self.batch_size, show, self.precision, batches=mine, token_ids=token_ids
-        )
-        for idx, emb, mask in batches:
-            emb, mask = emb.cpu(), mask.cpu()
-            for row, i in enumerate(idx):
-                kept = emb[row][mask[row]].to(STORE_DTYPE)
-                if len(kept) != doclens[i]:  # the plan's token counts must be what the encoder keeps
-                    raise RuntimeError(f"passage {i}: {len(kept)} vectors encoded, {doclens[i]} planned")
-                target[offsets[i] : offsets[i + 1]] = kept
-            encoded += len(idx)
-        out.flush()
-        del target, out
+
+        def encode_mine() -> None:
+            nonlocal encoded
+            out = np.load(folder / "vectors.npy", mmap_mode="r+", allow_pickle=False)
+            target = bf16_from_bits(out)
+            offsets = np.zeros(len(doclens) + 1, dtype=np.int64)
+            np.cumsum(doclens, out=offsets[1:])
+            show = show_progress_bar if rank == 0 else False
+            batches = self.retriever._encode_batches(
+                strings, False, self.batch_size, show, self.precision, batches=mine, token_ids=token_ids
+            )
+            for idx, emb, mask in batches:
+                emb, mask = emb.cpu(), mask.cpu()
+                for row, i in enumerate(idx):
+                    kept = emb[row][mask[row]].to(STORE_DTYPE)
+                    if len(kept) != doclens[i]:  # the plan's token counts must be what the encoder keeps
+                        raise RuntimeError(f"passage {i}: {len(kept)} vectors encoded, {doclens[i]} planned")
+                    target[offsets[i] : offsets[i + 1]] = kept
+                encoded += len(idx)
+            out.flush()
+
+        _all_ranks(world, encode_mine, f"encoding into {folder}")  # every process's vectors are in the file
         t1 = time.perf_counter()
-        _barrier(world)  # every process's vectors are in the file
         self.fingerprint = self.retriever.weights_fingerprint()
-        self._map_folder(folder)
-        if rank == 0:
+
+        def map_and_build() -> None:  # every process maps the vectors; rank 0 builds the backend
+            self._map_folder(folder)
+            if rank != 0:
+                return
             if self.compression == "residual":  # compress vectors.npy into the residual files, drop it
                 bits = map_npy(folder / "vectors.npy", random_access=False)
                 self.store = ResidualStore.from_vectors(
@@ -589,11 +615,15 @@ class DocumentIndex:
                 _unlink(folder, ["vectors.npy"])
             self.backend.build(self.store)
             self._write_config(folder, self.backend.save(folder))
-        _barrier(world)  # rank 0's backend files and config are written
-        if rank != 0:
-            config = _read_config(folder)
-            self.store = _read_store(folder, config.get("store"))
-            self.backend = BACKENDS[config["backend"]].load(folder, config.get("backend_params", {}))
+
+        def load_backend() -> None:  # the other processes read what rank 0 wrote
+            if rank != 0:
+                config = _read_config(folder)
+                self.store = _read_store(folder, config.get("store"))
+                self.backend = BACKENDS[config["backend"]].load(folder, config.get("backend_params", {}))
+
+        _all_ranks(world, map_and_build, f"building the {self.backend.name} index in {folder}")
+        _all_ranks(world, load_backend, f"loading {folder}")
         self._remember_folder(folder)
         self.last_refresh_seconds = time.perf_counter() - t0
         self.last_encode_stats = {
