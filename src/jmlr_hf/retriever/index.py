@@ -837,6 +837,7 @@ class DocumentIndex:
             "chunk_tokens": self.chunk_tokens,
             "chunk_overlap": self.chunk_overlap,
             "batch_size": self.batch_size,
+            "precision": self.precision,
         }
         if isinstance(self.store, ResidualStore):
             config["store"] = {**self.store.params(), "compression_kwargs": self.compression_kwargs}
@@ -916,6 +917,7 @@ class DocumentIndex:
             config.get("batch_size", 32),
         )
         index.compression_kwargs = dict((config.get("store") or {}).get("compression_kwargs") or {})
+        index.precision = config.get("precision", "auto")  # saved since 2026-12; before: the default
         if config["format_version"] == INDEX_FORMAT_VERSION:
             index._remember_folder(folder)
         index._check_fingerprint(folder, allow_stale, expected_fingerprint)
