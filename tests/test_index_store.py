@@ -49,6 +49,46 @@ def test_token_store_reads_agree_with_the_flat_tensor():
     assert torch.equal(torch.cat(list(store.token_blocks(0, 4))), flat)
 
 
+def test_a_mapped_store_reads_its_candidates_from_the_file(tmp_path, monkeypatch):
+    """gather() on a mapped store reads the rows (os.preadv, one read per run of consecutive passages) and
+    returns what the map holds, in the order asked; if the path now names another file (the folder was
+    rewritten) or is gone, it reads through its map instead, never the other file's bytes."""
+    from jmlr_hf.retriever.store import bf16_to_bits
+
+    g = torch.Generator().manual_seed(0)
+    doclens = torch.randint(1, 9, (60,), generator=g).numpy().astype(np.int64)
+    flat = torch.randn(int(doclens.sum()), 8, generator=g).bfloat16()
+    np.save(tmp_path / "vectors.npy", bf16_to_bits(flat))
+    np.save(tmp_path / "doclens.npy", doclens)
+    store = VectorStore.from_files(tmp_path / "vectors.npy", tmp_path / "doclens.npy")
+    assert store.is_mapped
+    reads = []
+    real_preadv = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda *a: reads.append(a[2]) or real_preadv(*a))
+    in_ram = VectorStore(flat, doclens)
+    for passages in ([0, 1, 2, 3], [59, 3, 4, 5, 17, 0], list(range(60)), [7]):
+        reads.clear()
+        got, lengths = store.gather(np.array(passages))
+        want, want_lengths = in_ram.gather(np.array(passages))
+        assert (
+            torch.equal(got.view(torch.int16), want.view(torch.int16))
+            and lengths.tolist() == want_lengths.tolist()
+        )
+        runs = 1 + sum(b != a + 1 for a, b in zip(passages, passages[1:]))
+        assert len(reads) == runs  # one read a run of consecutive passages
+    (tmp_path / "vectors.npy").unlink()  # the folder rewritten: another file under the same name
+    np.save(tmp_path / "vectors.npy", bf16_to_bits(torch.zeros_like(flat)))
+    reads.clear()
+    got, _ = store.gather(np.array([5, 6]))
+    assert torch.equal(got.view(torch.int16), in_ram.gather(np.array([5, 6]))[0].view(torch.int16))
+    assert not reads
+    (tmp_path / "vectors.npy").unlink()
+    assert torch.equal(
+        store.gather(np.array([1]))[0].view(torch.int16),
+        flat[int(doclens[0]) : int(doclens[:2].sum())].view(torch.int16),
+    )
+
+
 @pytest.mark.parametrize("backend", ["exact", "faiss"])
 def test_v2_save_load_roundtrip_is_memory_mapped_and_searches_alike(tiny_retriever, tmp_path, backend):
     kwargs = {"nlist": 8} if backend == "faiss" else {}

@@ -180,6 +180,10 @@ class TokenStore:
         return self.take_tokens(token_index), lengths
 
 
+def _file_id(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
+
+
 class VectorStore(TokenStore):
     """bfloat16 token vectors ``[n_tokens, dim]`` plus per-passage token counts.
 
@@ -202,6 +206,8 @@ class VectorStore(TokenStore):
                 f"{tuple(self._vectors.shape)} vectors for {self.num_tokens} tokens of {self.num_passages} passages"
             )
         self.path: Path | None = Path(vectors.filename) if isinstance(vectors, np.memmap) else None
+        # the mapped file's identity: gather() reads by path only while the path still names that file
+        self._file_id = _file_id(os.stat(self.path)) if self.path is not None else None
 
     @classmethod
     def from_files(cls, vectors_file: str | os.PathLike, doclens_file: str | os.PathLike) -> VectorStore:
@@ -231,6 +237,47 @@ class VectorStore(TokenStore):
 
     def take_tokens(self, token_index: np.ndarray) -> torch.Tensor:
         return self._vectors.index_select(0, torch.from_numpy(np.asarray(token_index, dtype=np.int64)))
+
+    def gather(self, passages: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """The token vectors of ``passages`` (in that order) concatenated, and each one's token count.
+
+        From a mapped store the rows are read with ``os.preadv`` from the same file, one read per run of
+        consecutive passages: the bytes come from the page cache all processes share, as through the map,
+        but they are not mapped into this process, so a long-running search process's RSS does not grow
+        with every passage it ever reranked (through the map: +4.8 GiB over 200 x 512 random passages of the
+        26M-token store; read: +0.1 GiB, and as fast, 8.4 against 9.5 ms for 512 passages)."""
+        if not (self.is_mapped and self.path is not None and hasattr(os, "preadv")):
+            return super().gather(passages)
+        passages = np.asarray(passages, dtype=np.int64)
+        starts, lengths = self.offsets[passages], self.doclens[passages]
+        bits = self._bits
+        row_bytes = int(bits.shape[1]) * bits.itemsize
+        out = np.empty((int(lengths.sum()), bits.shape[1]), dtype=np.uint16)
+        # runs of passages that follow each other in the file: one read each
+        ends = starts + lengths
+        run_start = np.flatnonzero(np.concatenate([[True], starts[1:] != ends[:-1]]))
+        run_tokens = np.add.reduceat(lengths, run_start) if len(lengths) else lengths
+        view = memoryview(out).cast("B")
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:  # the folder was removed or replaced: the map still holds the file
+            return super().gather(passages)
+        try:
+            if _file_id(os.fstat(fd)) != self._file_id:  # another file now has that name
+                return super().gather(passages)
+            pos = 0
+            for first, n_tok in zip(starts[run_start].tolist(), run_tokens.tolist()):
+                want, at = n_tok * row_bytes, bits.offset + first * row_bytes
+                done = 0
+                while done < want:  # a read may return fewer bytes than asked
+                    got = os.preadv(fd, [view[pos + done : pos + want]], at + done)
+                    if got <= 0:
+                        raise OSError(f"{self.path}: {want - done} bytes missing at offset {at + done}")
+                    done += got
+                pos += want
+        finally:
+            os.close(fd)
+        return bf16_from_bits(out), lengths
 
     def extend(self, vectors: torch.Tensor, doclens: torch.Tensor) -> None:
         """Append passages (flat ``vectors`` and their ``doclens``) in place; a mapped store moves to RAM."""

@@ -253,7 +253,6 @@ class FaissBackend(IndexBackend):
     def _rerank(self, store: TokenStore, q: torch.Tensor, qmask: torch.Tensor, cands: np.ndarray):
         """Exact MaxSim of one query ``[1, Lq, dim]`` against the candidate passages -> ``[n_cands]``."""
         lengths = store.doclens[cands]
-        starts = store.offsets[cands]
         cum = np.zeros(len(cands) + 1, dtype=np.int64)
         np.cumsum(lengths, out=cum[1:])
         scores = torch.empty(len(cands), dtype=torch.float32)
@@ -261,10 +260,8 @@ class FaissBackend(IndexBackend):
         while p0 < len(cands):
             p1 = int(np.searchsorted(cum, cum[p0] + self._RERANK_BLOCK_TOKENS, side="right")) - 1
             p1 = min(max(p1, p0 + 1), len(cands))
-            n_tok = int(cum[p1] - cum[p0])
-            token_index = np.repeat(starts[p0:p1] - cum[p0:p1] + cum[p0], lengths[p0:p1]) + np.arange(n_tok)
-            block = store.take_tokens(token_index)
-            scores[p0:p1] = segment_maxsim(q, qmask, block, lengths[p0:p1])[0]
+            block, block_lengths = store.gather(cands[p0:p1])
+            scores[p0:p1] = segment_maxsim(q, qmask, block, block_lengths)[0]
             p0 = p1
         return scores
 
