@@ -148,7 +148,9 @@ def test_save_load_roundtrip_and_staleness(tiny_retriever, bert_tokenizer, tmp_p
         assert loaded.search(["aspirin daily"], k=5) == index.search(["aspirin daily"], k=5)
     bf16 = DocumentIndex.build(synthetic_corpus(20), tiny_retriever, backend="exact", precision="bf16")
     bf16.save(tmp_path / "bf16")
-    assert DocumentIndex.load(tmp_path / "bf16", tiny_retriever).precision == "bf16"  # queries encoded as built
+    assert (
+        DocumentIndex.load(tmp_path / "bf16", tiny_retriever).precision == "bf16"
+    )  # queries encoded as built
     other = make_tiny_retriever(bert_tokenizer, seed=1)
     with pytest.raises(StaleIndexError, match="refresh"):
         DocumentIndex.load(tmp_path / "exact", other)
