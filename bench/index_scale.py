@@ -213,6 +213,14 @@ def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 # ---------------------------------------------------------------------------------------- synth
+def noisy_copy(real: torch.Tensor, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """``real`` (bf16 token vectors) plus gaussian noise of sigma ``noise`` a dimension, re-normalized (float32)."""
+    x = real.float().numpy()
+    x += noise * rng.standard_normal(x.shape, dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
 def synth(args: argparse.Namespace) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -243,9 +251,7 @@ def synth(args: argparse.Namespace) -> None:
     block = 1 << 18
     for c in range(args.copies):
         for a in range(0, n_tok, block):
-            x = real[a : a + block].float().numpy()
-            x += args.noise * rng.standard_normal(x.shape, dtype=np.float32)
-            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            x = noisy_copy(real[a : a + block], args.noise, rng)
             vectors[c * n_tok + a : c * n_tok + a + len(x)] = bf16_to_bits(torch.from_numpy(x))
         log(f"copy {c + 1}/{args.copies} written")
     vectors.flush()
@@ -592,10 +598,7 @@ def replicas(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(args.seed)
     noisy = []
     for _ in range(copies):  # as synth makes its copies
-        x = real[:m_tok].float().numpy().copy()
-        x += args.noise * rng.standard_normal(x.shape, dtype=np.float32)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        noisy.append(torch.from_numpy(x).to(torch.bfloat16))
+        noisy.append(torch.from_numpy(noisy_copy(real[:m_tok], args.noise, rng)).to(torch.bfloat16))
     stores = {
         "real": (real, doclens),
         "replicated": (torch.cat(noisy), np.tile(doclens[:m], copies)),
@@ -626,7 +629,7 @@ def replicas(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------- compact
 def compact(args: argparse.Namespace) -> None:
-    from jmlr_hf.retriever.residual import ResidualCodec, ResidualStore
+    from jmlr_hf.retriever.residual import Bf16Bits, ResidualCodec, ResidualStore
     from jmlr_hf.retriever.store import bf16_from_bits, map_npy
 
     out, data = _paths(args)
@@ -657,7 +660,7 @@ def compact(args: argparse.Namespace) -> None:
     fit_s = time.perf_counter() - t0
     log(f"fitted in {fit_s:.0f}s; compressing {n_tok:,} tokens")
     t1 = time.perf_counter()
-    vectors = _BitsAsBf16(bits)
+    vectors = Bf16Bits(bits)
     store = ResidualStore.from_vectors(vectors, doclens, codec=codec, folder=data / "compact")
     compress_s = time.perf_counter() - t1
     log(f"compressed in {compress_s:.0f}s")
@@ -708,21 +711,6 @@ def _layout(args: argparse.Namespace) -> str:
     buckets = "per-dimension buckets" if args.buckets == "per-dim" else "pooled buckets"
     scale = "no scale" if args.no_scale else "float16 scale"
     return f"{buckets} of the {'raw' if args.no_scale else 'unit-norm'} residual, {scale}"
-
-
-class _BitsAsBf16:
-    """A uint16 (bf16 bits) array read as bf16 tensors block by block (what ``ResidualCodec.compress`` slices)."""
-
-    def __init__(self, bits: np.ndarray) -> None:
-        self.bits, self.shape = bits, bits.shape
-
-    def __len__(self) -> int:
-        return len(self.bits)
-
-    def __getitem__(self, key):
-        from jmlr_hf.retriever.store import bf16_from_bits
-
-        return bf16_from_bits(np.ascontiguousarray(self.bits[key]))
 
 
 # ---------------------------------------------------------------------------------------- two-proc

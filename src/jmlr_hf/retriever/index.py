@@ -717,15 +717,13 @@ class DocumentIndex:
         )
         vectors, doclens = self._encode_texts(new["title"], new["text"], show_progress_bar)
         first_new = self.num_passages
-        if isinstance(self.store, ResidualStore):  # the index's codec compresses the new passages
-            codes, rows = self.store.codec.compress(vectors)
-            self.passages = self.passages.append(new)
-            self.store.extend(codes, rows, doclens)
-        elif isinstance(self.store, VectorStore):
-            self.passages = self.passages.append(new)
-            self.store.extend(vectors, doclens)
-        else:
+        if not isinstance(self.store, (ResidualStore, VectorStore)):
             raise NotImplementedError(f"add() to a {type(self.store).__name__}")
+        self.passages = self.passages.append(new)
+        if isinstance(self.store, ResidualStore):  # the index's codec compresses the new passages
+            self.store.extend(*self.store.codec.compress(vectors), doclens)
+        else:
+            self.store.extend(vectors, doclens)
         self.backend.add(self.store, first_new)
         self.folder, self._folder_identity = None, None  # the folder's files no longer hold all of it
         return len(new["passage_id"])

@@ -438,9 +438,8 @@ class JMLRRetriever(PreTrainedModel):
 
         ``precision="auto"`` runs the encoder under bf16 autocast on GPUs with fast bf16 (Ampere+) and in
         float32 on CPUs (as fast for queries, and no kernel cached per query length); vectors are
-        returned in float32. bf16 moves rankings
-        slightly against PyLate / Stanford ColBERT (Kendall tau about 0.99); ``precision="fp32"`` gives
-        their vectors exactly (to about 1e-6), ``"bf16"`` forces bf16.
+        returned in float32. bf16 moves rankings slightly against PyLate / Stanford ColBERT (Kendall tau
+        about 0.99); ``precision="fp32"`` gives their vectors exactly (to about 1e-6), ``"bf16"`` forces bf16.
         """
         return self._encode(texts, True, batch_size, show_progress_bar, precision)
 

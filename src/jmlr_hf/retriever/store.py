@@ -57,9 +57,10 @@ def segment_maxsim(
     The products run in the vectors' dtype (bf16 for a store: the query rows are rounded to it) with a
     few fixed shapes: the query rows padded to a :func:`_row_bucket`, the tokens in blocks of one size
     (the last block zero-padded; padding never scores). On CPUs with bf16 matrix units every new
-    matmul shape builds and caches a oneDNN kernel: with one shape per (query length, candidate tokens)
-    a search process grew by about 5 MiB a query without bound (26M-token store, 300 full-length
-    questions: +1.6 GiB; docs/benchmarks.md), and float32 products instead cost twice the time."""
+    matmul shape builds and caches a oneDNN kernel: with one shape per (query length, candidate tokens),
+    and one per query length in the encoder, a search process grew by about 4.6 MiB a question without
+    bound (26M-token store: +1,387 MiB over 300 full-length questions; docs/benchmarks.md), and float32
+    products instead cost twice the time."""
     nq, lq, dim = q.shape
     n_rows = nq * lq
     rows = torch.zeros(_row_bucket(n_rows), dim, dtype=vectors.dtype)
@@ -70,15 +71,12 @@ def segment_maxsim(
     n_tokens = int(offsets[-1])
     best = np.full((n_rows, len(lengths)), -np.inf, dtype=np.float32)
     block = min(_SEGMENT_BLOCK_TOKENS, max(256, 1 << (_SEGMENT_BLOCK_ENTRIES // len(rows)).bit_length() - 1))
-    pad = None
     for t0 in range(0, n_tokens, block):
         t1 = min(t0 + block, n_tokens)
         chunk = vectors[t0:t1]
         if t1 - t0 < block:  # the last block, zero-padded to the one shape
-            pad = torch.zeros(block, dim, dtype=vectors.dtype) if pad is None else pad
-            pad[: t1 - t0] = chunk
-            pad[t1 - t0 :] = 0
-            chunk = pad
+            chunk = torch.zeros(block, dim, dtype=vectors.dtype)
+            chunk[: t1 - t0] = vectors[t0:t1]
         sim = (rows @ chunk.T)[:n_rows, : t1 - t0].float().numpy()
         # the passages this block holds tokens of; a passage across blocks keeps the larger maximum
         p0 = int(np.searchsorted(offsets, t0, side="right")) - 1
@@ -246,25 +244,25 @@ class VectorStore(TokenStore):
         but they are not mapped into this process, so a long-running search process's RSS does not grow
         with every passage it ever reranked (through the map: +4.8 GiB over 200 x 512 random passages of the
         26M-token store; read: +0.1 GiB, and as fast, 8.4 against 9.5 ms for 512 passages)."""
-        if not (self.is_mapped and self.path is not None and hasattr(os, "preadv")):
+        if not (self.is_mapped and hasattr(os, "preadv")):
             return super().gather(passages)
-        passages = np.asarray(passages, dtype=np.int64)
-        starts, lengths = self.offsets[passages], self.doclens[passages]
-        bits = self._bits
-        row_bytes = int(bits.shape[1]) * bits.itemsize
-        out = np.empty((int(lengths.sum()), bits.shape[1]), dtype=np.uint16)
-        # runs of passages that follow each other in the file: one read each
-        ends = starts + lengths
-        run_start = np.flatnonzero(np.concatenate([[True], starts[1:] != ends[:-1]]))
-        run_tokens = np.add.reduceat(lengths, run_start) if len(lengths) else lengths
-        view = memoryview(out).cast("B")
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = os.open(self.path, os.O_RDONLY)  # type: ignore[arg-type]  # a mapped store has its path
         except OSError:  # the folder was removed or replaced: the map still holds the file
             return super().gather(passages)
         try:
             if _file_id(os.fstat(fd)) != self._file_id:  # another file now has that name
                 return super().gather(passages)
+            passages = np.asarray(passages, dtype=np.int64)
+            starts, lengths = self.offsets[passages], self.doclens[passages]
+            bits = self._bits
+            row_bytes = int(bits.shape[1]) * bits.itemsize
+            out = np.empty((int(lengths.sum()), bits.shape[1]), dtype=np.uint16)
+            view = memoryview(out).cast("B")
+            # runs of passages that follow each other in the file: one read each
+            ends = starts + lengths
+            run_start = np.flatnonzero(np.concatenate([[True], starts[1:] != ends[:-1]]))
+            run_tokens = np.add.reduceat(lengths, run_start) if len(lengths) else lengths
             pos = 0
             for first, n_tok in zip(starts[run_start].tolist(), run_tokens.tolist()):
                 want, at = n_tok * row_bytes, bits.offset + first * row_bytes
