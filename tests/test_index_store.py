@@ -53,7 +53,7 @@ def test_a_mapped_store_reads_its_candidates_from_the_file(tmp_path, monkeypatch
     """gather() on a mapped store reads the rows (os.preadv, one read per run of consecutive passages) and
     returns what the map holds, in the order asked; if the path now names another file (the folder was
     rewritten) or is gone, it reads through its map instead, never the other file's bytes."""
-    from jmlr_hf.retriever.store import bf16_to_bits
+    from jmlr_hf.retriever.store import bf16_to_bits, map_npy
 
     g = torch.Generator().manual_seed(0)
     doclens = torch.randint(1, 9, (60,), generator=g).numpy().astype(np.int64)
@@ -76,6 +76,13 @@ def test_a_mapped_store_reads_its_candidates_from_the_file(tmp_path, monkeypatch
         )
         runs = 1 + sum(b != a + 1 for a, b in zip(passages, passages[1:]))
         assert len(reads) == runs  # one read a run of consecutive passages
+    # a store over a view of the map that starts past its first row reads from where the view starts
+    skip = int(doclens[:10].sum())
+    tail = VectorStore(map_npy(tmp_path / "vectors.npy")[skip:], doclens[10:])
+    reads.clear()
+    got, _ = tail.gather(np.array([0, 3, 49]))
+    want = VectorStore(flat[skip:], doclens[10:]).gather(np.array([0, 3, 49]))[0]
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16)) and len(reads) == 3
     (tmp_path / "vectors.npy").unlink()  # the folder rewritten: another file under the same name
     np.save(tmp_path / "vectors.npy", bf16_to_bits(torch.zeros_like(flat)))
     reads.clear()

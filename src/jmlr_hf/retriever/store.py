@@ -182,6 +182,16 @@ def _file_id(stat: os.stat_result) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
 
 
+def _file_position(array: np.memmap) -> int | None:
+    """Where the first row of the memory-mapped ``array`` lies in its file (a view of a map may start past the
+    map's ``offset``), or ``None`` when its rows are not consecutive in the file."""
+    raw = getattr(array, "_mmap", None)
+    if raw is None or not array.flags.c_contiguous:
+        return None
+    map_start = array.offset - array.offset % mmap.ALLOCATIONGRANULARITY  # numpy maps from a granule start
+    return map_start + array.ctypes.data - np.frombuffer(raw, dtype=np.uint8).ctypes.data
+
+
 class VectorStore(TokenStore):
     """bfloat16 token vectors ``[n_tokens, dim]`` plus per-passage token counts.
 
@@ -206,6 +216,7 @@ class VectorStore(TokenStore):
         self.path: Path | None = Path(vectors.filename) if isinstance(vectors, np.memmap) else None
         # the mapped file's identity: gather() reads by path only while the path still names that file
         self._file_id = _file_id(os.stat(self.path)) if self.path is not None else None
+        self._file_start = _file_position(vectors) if self.path is not None else None
 
     @classmethod
     def from_files(cls, vectors_file: str | os.PathLike, doclens_file: str | os.PathLike) -> VectorStore:
@@ -244,7 +255,7 @@ class VectorStore(TokenStore):
         but they are not mapped into this process, so a long-running search process's RSS does not grow
         with every passage it ever reranked (through the map: +4.8 GiB over 200 x 512 random passages of the
         26M-token store; read: +0.1 GiB, and as fast, 8.4 against 9.5 ms for 512 passages)."""
-        if not (self.is_mapped and hasattr(os, "preadv")):
+        if self._file_start is None or not hasattr(os, "preadv"):
             return super().gather(passages)
         try:
             fd = os.open(self.path, os.O_RDONLY)  # type: ignore[arg-type]  # a mapped store has its path
@@ -265,7 +276,7 @@ class VectorStore(TokenStore):
             run_tokens = np.add.reduceat(lengths, run_start) if len(lengths) else lengths
             pos = 0
             for first, n_tok in zip(starts[run_start].tolist(), run_tokens.tolist()):
-                want, at = n_tok * row_bytes, bits.offset + first * row_bytes
+                want, at = n_tok * row_bytes, self._file_start + first * row_bytes
                 done = 0
                 while done < want:  # a read may return fewer bytes than asked
                     got = os.preadv(fd, [view[pos + done : pos + want]], at + done)
