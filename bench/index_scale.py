@@ -31,6 +31,11 @@ Phases (subcommands), each writing ``<phase>.json`` into ``--out`` so that they 
 ``sweep``
     faiss settings (nprobe, hits a query token, reranked) on the mapped index against recall@30 (``search``'s
     exact top-30) and p50 latency, with the time of each stage (query encoding, faiss, candidates, rerank).
+``candidates``
+    Where ``search``'s exact top-30 sits among the passages faiss hits reach (``--settings nprobe,hits``):
+    reached or not, its rank under the approximate MaxSim that prunes candidates (how many reranked passages
+    each question needs), the exact 30th score against each query token's last hit; how alike the store's
+    token vectors are. Explains what recall at scale costs.
 ``growth``
     Private memory (RssAnon) of one search process over ``--queries`` different full-length questions, every
     ``--every`` searches: does it keep growing? (``PYTHONPATH=<checkout>/src`` measures another version.)
@@ -541,6 +546,87 @@ def sweep(args: argparse.Namespace) -> None:
     save_json(out, "sweep", {"queries": n, "rows": rows})
 
 
+# ---------------------------------------------------------------------------------------- candidates
+def candidates(args: argparse.Namespace) -> None:
+    """Why recall at scale costs reranking: for ``search``'s questions and exact top-30, per faiss setting
+    (nprobe, hits a query token) and question: how many passages the hits reach, how much of the exact
+    top-30 is among them, where the approximate MaxSim that prunes them ranks it (the reranked count each
+    question needs to keep all of it, and the recall at 512 ... 4,096 reranked), and the exact 30th score
+    against the sum of every query token's last hit (the approximate score's bound for a passage no query
+    token reached). Also how alike the store's token vectors are (cosine of random pairs)."""
+    from jmlr_hf.retriever import DocumentIndex
+
+    out, data = _paths(args)
+    reference = (load_json(out, "search") or {}).get("mapped", {}).get("exact")
+    if not reference:
+        raise SystemExit(f"{out}/search.json has no exact reference: run the search phase first")
+    texts = questions(len(reference["full"]))
+    index = DocumentIndex.load(data / "index", retriever_for_queries(), allow_stale=True)
+    backend, store = index.backend, index.store
+    rng = np.random.default_rng(0)
+    sample = store.take_tokens(np.sort(rng.choice(store.num_tokens, 20_000, replace=False))).float()
+    pair_cos = (sample[:10_000] * sample[10_000:]).sum(1)
+    mean_dir = torch.nn.functional.normalize(sample.mean(0), dim=0)
+    res: dict[str, Any] = {
+        "queries": len(texts),
+        "num_tokens": store.num_tokens,
+        "num_passages": store.num_passages,
+        "random_pair_cosine_mean": float(pair_cos.mean()),
+        "mean_direction_cosine_mean": float((sample @ mean_dir).mean()),
+        "rows": [],
+    }
+    budgets = (512, 1024, 2048, 4096)
+    for setting in args.settings:
+        nprobe, tpq = (int(x) for x in setting.split(","))
+        backend.nprobe, backend.tokens_per_query_token = nprobe, tpq
+        backend.index.nprobe = nprobe
+        row: dict[str, Any] = {"nprobe": nprobe, "tokens_per_query_token": tpq}
+        for name in SETTINGS:
+            per_q = []
+            for text, ref in zip(texts, reference[name]):
+                q, qmask = encode(index.retriever, [text], name)
+                rows = q[0][qmask[0].bool()]
+                sims, ids = backend.index.search(
+                    np.ascontiguousarray(rows.float().numpy()), backend.hits_per_token(len(rows))
+                )
+                cands, score = backend.approximate_scores(store, sims, ids)
+                ref = np.asarray(ref, dtype=np.int64)
+                where = np.searchsorted(cands, ref).clip(max=len(cands) - 1)
+                reached = cands[where] == ref
+                order = np.argsort(-score, kind="stable")
+                rank = np.empty(len(cands), dtype=np.int64)
+                rank[order] = np.arange(len(cands))
+                ref_rank = np.where(reached, rank[where], len(cands))  # not reached: never reranked
+                exact = backend._rerank(store, rows[None], torch.ones(1, len(rows), dtype=torch.bool), ref)
+                n_hits = (ids >= 0).sum(1)
+                last = sims[np.arange(len(sims)), np.maximum(n_hits - 1, 0)]
+                per_q.append({
+                    "candidates": len(cands),
+                    "reached": float(reached.mean()),
+                    "needed": int(ref_rank.max()) + 1,
+                    **{f"recall_{b}": float((ref_rank < b).mean()) for b in budgets},
+                    "exact_30th": float(exact.min()),
+                    "last_hit_sum": float(last[n_hits > 0].sum()),
+                    "query_tokens": len(rows),
+                })  # fmt: skip
+            needed = np.array([r["needed"] for r in per_q])
+            row[name] = {
+                "candidates_median": float(np.median([r["candidates"] for r in per_q])),
+                "reached": float(np.mean([r["reached"] for r in per_q])),
+                "needed_median": float(np.median(needed)),
+                "needed_p90": float(np.percentile(needed, 90)),
+                "needed_max": int(needed.max()),
+                **{f"recall_{b}": float(np.mean([r[f"recall_{b}"] for r in per_q])) for b in budgets},
+                "exact_30th_per_token": float(np.mean([r["exact_30th"] / r["query_tokens"] for r in per_q])),
+                "last_hit_per_token": float(np.mean([r["last_hit_sum"] / r["query_tokens"] for r in per_q])),
+                "questions": per_q,
+            }
+        log(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk != "questions"} if isinstance(v, dict) else v)
+                        for k, v in row.items()}))  # fmt: skip
+        res["rows"].append(row)
+    save_json(out, "candidates", res)
+
+
 # ---------------------------------------------------------------------------------------- growth
 def growth(args: argparse.Namespace) -> None:
     """Does a search process keep growing? One fresh process: the mapped index, ``--queries`` different
@@ -826,6 +912,44 @@ def _stages(row: dict) -> str:
     )
 
 
+def candidates_table(cd: dict, other: dict | None) -> list[str]:
+    """The ``candidates`` phase's table (``other``: the same phase on another store, e.g. the real 10k)."""
+    lines = [
+        f"Where the exact top-30 sits among the candidates ({cd['queries']} questions; {cd['date']}, "
+        f"`{cd['command']}`): the passages the faiss hits reach, the share of the exact top-30 among them, how "
+        "many passages must be reranked (ranked by the approximate MaxSim that prunes candidates) to keep all "
+        "of it, recall@30 with 512 / 1,024 / 2,048 / 4,096 reranked, and per query token the exact 30th score "
+        "against the similarity of the token's last hit:",
+        "",
+        "| store | nprobe, hits | query | candidates (median) | top-30 reached | reranked needed: median / p90 / max "
+        "| recall@30 at 512 / 1k / 2k / 4k reranked | 30th score / last hit, a query token |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for data in (cd, other):
+        if not data:
+            continue
+        label = f"{data['num_passages']:,} passages ({data['num_tokens'] / 1e6:.1f}M tokens)"
+        for row in data["rows"]:
+            for name in SETTINGS:
+                r = row[name]
+                lines.append(
+                    f"| {label} | {row['nprobe']}, {row['tokens_per_query_token']} | {name} | "
+                    f"{r['candidates_median']:,.0f} | {r['reached']:.3f} | {r['needed_median']:,.0f} / "
+                    f"{r['needed_p90']:,.0f} / {r['needed_max']:,} | "
+                    + " / ".join(f"{r[f'recall_{b}']:.3f}" for b in (512, 1024, 2048, 4096))
+                    + f" | {r['exact_30th_per_token']:.3f} / {r['last_hit_per_token']:.3f} |"
+                )
+    lines.append("")
+    for data in (cd, other):
+        if data:
+            lines.append(
+                f"- {data['num_passages']:,} passages: cosine of random pairs of token vectors "
+                f"{data['random_pair_cosine_mean']:.3f}; of a token vector to their mean direction "
+                f"{data['mean_direction_cosine_mean']:.3f}."
+            )
+    return [*lines, ""]
+
+
 def report(args: argparse.Namespace) -> None:
     out, _ = _paths(args)
     r = {name: load_json(out, name) for name in ("synth", "build", "search", "compact", "two_proc")}
@@ -998,6 +1122,11 @@ def report(args: argparse.Namespace) -> None:
             ),
             "",
         ]
+    cd = load_json(out, "candidates")
+    if cd:
+        lines += candidates_table(
+            cd, load_json(Path(args.compare_candidates), "candidates") if args.compare_candidates else None
+        )
     grow = {p.stem[len("growth_") :]: load_json(out, p.stem) for p in sorted(out.glob("growth_*.json"))}
     if grow:
         lines += [
@@ -1097,6 +1226,10 @@ def main() -> None:
         "--settings", nargs="+", default=["32,512,512", "16,512,512", "32,1024,1024", "64,1024,1024"],
         help="nprobe,tokens_per_query_token,max_rerank",
     )  # fmt: skip
+    p = add("candidates", "where the exact top-30 sits among the faiss candidates (why recall costs reranks)")
+    p.add_argument(
+        "--settings", nargs="+", default=["32,512", "32,2048"], help="nprobe,tokens_per_query_token"
+    )
     p = add("growth", "private memory of a search process over many different questions")
     p.add_argument("--queries", type=int, default=300)
     p.add_argument("--every", type=int, default=50)
@@ -1114,6 +1247,11 @@ def main() -> None:
     p = add("report", "markdown section from the phases' json")
     p.add_argument("--write", action="store_true", help="write it into docs/benchmarks.md")
     p.add_argument(
+        "--compare-candidates",
+        default=None,
+        help="another --out whose candidates.json joins the table (real 10k)",
+    )
+    p.add_argument(
         "--gpu-passages-per-s", type=float, default=None, help="one GPU's encoding rate, for the estimate"
     )
     p = add("worker", argparse.SUPPRESS)
@@ -1129,6 +1267,7 @@ def main() -> None:
         "search": search,
         "compact": compact,
         "sweep": sweep,
+        "candidates": candidates,
         "replicas": replicas,
         "growth": growth,
         "two-proc": two_proc,

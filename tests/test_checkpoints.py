@@ -222,7 +222,8 @@ def test_a_kill_while_saving_leaves_the_previous_checkpoint_and_last_skips_the_i
 
 
 @pytest.mark.parametrize(
-    "name", ["vectors.npy", "doclens.npy", "index_config.json", "passages.arrow", "faiss.index"]
+    "name",
+    ["vectors.npy", "doclens.npy", "index_config.json", "passages.arrow", "faiss.index", "passage_means.npy"],
 )
 def test_a_truncated_index_file_is_named(name, tmp_path, bert_tokenizer):
     retriever = make_tiny_retriever(bert_tokenizer)

@@ -183,6 +183,10 @@ def test_add_documents_equals_building_on_the_union(tiny_retriever):
     ):
         index = DocumentIndex.build(corpus[:40], tiny_retriever, backend=backend, **kwargs)
         assert index.add([extra]) == 1 and len(index) == 41
+        if backend == "faiss":  # the passages' mean vectors extended as if computed on the union
+            from jmlr_hf.retriever.backends.faiss import passage_means
+
+            np.testing.assert_array_equal(index.backend.passage_means, passage_means(index.store))
         assert index.passages == full.passages
         assert [[h["passage_id"] for h in r] for r in index.search(queries, k=5)] == [
             [h["passage_id"] for h in r] for r in full.search(queries, k=5)
@@ -280,7 +284,8 @@ def test_faiss_recall_on_ngc_passages(ngc_path, encoder_path):
 
 
 def test_approximate_maxsim_matches_the_dense_reference():
-    """The O(hits) candidate score equals the [query tokens x candidates] matrix it replaces."""
+    """The O(hits) candidate score equals the [query tokens x candidates] matrix it stands for: per query
+    token the larger of its similarity to the candidate's mean vector and its best hit in the candidate."""
     from jmlr_hf.retriever.index import _approximate_maxsim
 
     rng = np.random.default_rng(0)
@@ -290,12 +295,52 @@ def test_approximate_maxsim_matches_the_dense_reference():
         cols = rng.integers(0, width, size=(lq, tpq))
         hit = np.cumprod(rng.random((lq, tpq)) < 0.9, axis=1).astype(bool)  # misses (-1) end a row
         rows = np.nonzero(hit)[0]
-        fill = rng.normal(size=lq).astype(np.float32)
-        dense = np.empty((lq, width), np.float32)
-        dense[:] = fill[:, None]
+        q = torch.randn(lq, 8)
+        means = rng.normal(size=(width, 8)).astype(np.float32)
+        dense = (q.double() @ torch.from_numpy(means.astype(np.float64)).T).numpy()
         np.maximum.at(dense, (rows, cols[hit]), sims[hit])
-        got = _approximate_maxsim(rows, cols[hit], sims[hit], fill, width)
-        np.testing.assert_allclose(got, dense.sum(0), atol=1e-4)
+        got = _approximate_maxsim(q, rows, cols[hit], sims[hit], means)
+        np.testing.assert_allclose(got, dense.sum(0), rtol=1e-4, atol=1e-3)
+
+
+def test_candidate_scores_match_a_loop_reference_on_both_bookkeeping_paths(monkeypatch):
+    """The passages a query's faiss hits reach and their approximate MaxSim (per query token its best hit in
+    the passage, else at least its similarity to the passage's mean token vector) equal a loop over the
+    hits and the passage's tokens, with per-passage arrays (stores up to _DENSE_CANDIDATES_MAX passages)
+    and with sorted hits (larger stores); pruning keeps the best by that score."""
+    from jmlr_hf.retriever.backends.faiss import FaissBackend, passage_means
+    from jmlr_hf.retriever.store import VectorStore
+
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(1, 30, 400)
+    vectors = torch.nn.functional.normalize(torch.randn(int(lengths.sum()), 8), dim=-1)
+    store = VectorStore(vectors, lengths)
+    passage_of = np.repeat(np.arange(len(lengths)), lengths)
+    for _ in range(10):
+        lq, tpq = int(rng.integers(1, 12)), int(rng.integers(1, 60))
+        q = torch.nn.functional.normalize(torch.randn(lq, 8), dim=-1)
+        sims = -np.sort(-rng.normal(size=(lq, tpq)).astype(np.float32), axis=1)  # best first, like faiss
+        token_ids = rng.integers(0, store.num_tokens, size=(lq, tpq))
+        token_ids[np.cumprod(rng.random((lq, tpq)) < 0.95, axis=1) == 0] = -1  # misses end a row
+        reached = sorted({int(passage_of[t]) for t in token_ids.ravel() if t >= 0})
+        expected = []
+        for p in reached:
+            mean = store.vectors[passage_of == p].float().mean(0)
+            total = 0.0
+            for row in range(lq):
+                got = [s for s, t in zip(sims[row], token_ids[row]) if t >= 0 and passage_of[t] == p]
+                total += max([float(q[row] @ mean), *got])
+            expected.append(total)
+        for dense_max in (1 << 21, 10):  # per-passage arrays, then sorted hits
+            monkeypatch.setattr(FaissBackend, "_DENSE_CANDIDATES_MAX", dense_max)
+            backend = FaissBackend(max_rerank=5)
+            backend.passage_means = passage_means(store)
+            cands, score = backend.approximate_scores(store, q, sims, token_ids)
+            np.testing.assert_array_equal(cands, reached)
+            np.testing.assert_allclose(score, expected, rtol=1e-3, atol=1e-2)
+            kept = backend._candidates(store, q, sims, token_ids, k=3)
+            if len(reached) > 5:  # pruned to the 5 best by that score
+                assert set(kept.tolist()) == set(np.asarray(reached)[np.argsort(-score, kind="stable")[:5]])
 
 
 def test_token_passage_lookup_matches_the_per_token_array():

@@ -117,6 +117,40 @@ def test_v2_save_load_roundtrip_is_memory_mapped_and_searches_alike(tiny_retriev
     assert loaded.hit(3, 1.0)["passage_id"] == index.passages["passage_id"][3]
     assert loaded.passage(3) == index.passage(3)
     assert loaded.passage_texts([0, 2]) == index.passage_texts([0, 2])
+    if backend == "faiss":  # the passages' mean token vectors: saved, mapped, the store's means
+        from jmlr_hf.retriever.backends.faiss import passage_means
+
+        means = loaded.backend.passage_means
+        assert isinstance(means, np.memmap) and not means.flags.writeable
+        np.testing.assert_array_equal(means, passage_means(loaded.store))
+        expected = index.store.vectors[: index.store.doclens[0]].float().mean(0).numpy()
+        np.testing.assert_allclose(means[0].astype(np.float32), expected.astype(np.float32), atol=1e-3)
+
+
+def test_a_faiss_index_saved_without_passage_means_loads_and_searches_alike(tiny_retriever, tmp_path):
+    """A faiss index saved before the passages' mean vectors existed (no file, no config key) is complete,
+    loads, computes the means when first searched, ranks as one saved with them, and saves them again."""
+    index = DocumentIndex.build(synthetic_corpus(80), tiny_retriever, backend="faiss", nlist=8, max_rerank=4)
+    index.save(tmp_path / "new")
+    index.save(tmp_path / "old")
+    (tmp_path / "old" / "passage_means.npy").unlink()
+    config = json.loads((tmp_path / "old" / "index_config.json").read_text())
+    del config["backend_params"]["passage_means"]
+    (tmp_path / "old" / "index_config.json").write_text(json.dumps(config))
+    assert missing_index_files(tmp_path / "old") == []
+    (tmp_path / "new" / "passage_means.npy").rename(tmp_path / "moved.npy")
+    assert missing_index_files(tmp_path / "new") == ["passage_means.npy"]
+    (tmp_path / "moved.npy").rename(tmp_path / "new" / "passage_means.npy")
+    old = DocumentIndex.load(tmp_path / "old", tiny_retriever)
+    assert old.backend.passage_means is None
+    new = DocumentIndex.load(tmp_path / "new", tiny_retriever)
+    assert old.search(QUERIES, k=5) == new.search(QUERIES, k=5) == index.search(QUERIES, k=5)
+    np.testing.assert_array_equal(old.backend.passage_means, new.backend.passage_means)
+    old.save(tmp_path / "linked")  # its folder is intact: linked, still without the means
+    assert not (tmp_path / "linked" / "passage_means.npy").exists()
+    assert DocumentIndex.load(tmp_path / "linked", tiny_retriever).search(QUERIES, k=5) == new.search(
+        QUERIES, k=5
+    )
 
 
 def test_saving_a_mapped_index_hard_links_its_files(tiny_retriever, tmp_path):
@@ -361,7 +395,11 @@ def two_process_index(tmp_path_factory):
 
 def test_two_processes_build_an_index_bit_identical_to_one_process(two_process_index):
     out, records = two_process_index
-    _files_equal(out / "built", out / "reference", names=("vectors.npy", "doclens.npy", "faiss.index"))
+    _files_equal(
+        out / "built",
+        out / "reference",
+        names=("vectors.npy", "doclens.npy", "faiss.index", "passage_means.npy"),
+    )
     assert PassageTable.from_file(out / "built" / "passages.arrow") == PassageTable.from_file(
         out / "reference" / "passages.arrow"
     )
@@ -380,7 +418,9 @@ def test_two_processes_each_encode_half_and_refresh_identically(two_process_inde
         assert sum(counts) == n and all(abs(c - n / 2) <= 7 for c in counts), (what, counts)  # batches of 7
         assert [r[what]["rank"] for r in records] == [0, 1] and records[0][what]["world_size"] == 2
     _files_equal(
-        out / "refreshed", out / "reference_refreshed", names=("vectors.npy", "doclens.npy", "faiss.index")
+        out / "refreshed",
+        out / "reference_refreshed",
+        names=("vectors.npy", "doclens.npy", "faiss.index", "passage_means.npy"),
     )
     assert (
         not (out / "refreshed" / "vectors.npy").read_bytes() == (out / "built" / "vectors.npy").read_bytes()
@@ -420,7 +460,11 @@ def test_jmlr_index_under_torchrun_matches_one_process(bert_tokenizer, tmp_path)
         assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
         outputs[name] = proc.stdout
     assert outputs["two"].count("Indexed 60 documents") == 1  # rank 0 alone prints
-    _files_equal(tmp_path / "two", tmp_path / "one", names=("vectors.npy", "doclens.npy", "faiss.index"))
+    _files_equal(
+        tmp_path / "two",
+        tmp_path / "one",
+        names=("vectors.npy", "doclens.npy", "faiss.index", "passage_means.npy"),
+    )
     configs = [json.loads((tmp_path / f / "index_config.json").read_text()) for f in ("one", "two")]
     assert configs[0] == configs[1]
 

@@ -858,7 +858,8 @@ class DocumentIndex:
             return
         _unlink(folder, _all_index_files())  # config first
         if intact:
-            names = [*_store_files(self.store), *self.backend.files, INDEX_FILES[0]]  # config last
+            backend_files = [n for n in self.backend.files if (self.folder / n).is_file()]  # type: ignore[operator]
+            names = [*_store_files(self.store), *backend_files, INDEX_FILES[0]]  # config last
             for name in names:
                 link_or_copy(self.folder / name, folder / name)  # type: ignore[operator]
             return
@@ -970,7 +971,8 @@ def missing_index_files(folder: str | os.PathLike) -> list[str]:
         if residual
         else INDEX_FILES
     )
-    needed = files + (backend.files if backend is not None else ())
+    params = config.get("backend_params")
+    needed = files + (backend.needed_files(params if isinstance(params, dict) else {}) if backend else ())
     return [name for name in needed if not (root / name).is_file()]
 
 

@@ -156,9 +156,10 @@ class TokenStore:
         """The token vectors of passages ``p0:p1`` (consecutive in the store)."""
         return self.token_range(int(self.offsets[p0]), int(self.offsets[p1]))
 
-    def chunks(self, max_tokens: int) -> Iterator[tuple[int, int]]:
-        """Consecutive passage ranges ``(p0, p1)`` of about ``max_tokens`` tokens (at least one passage)."""
-        p0 = 0
+    def chunks(self, max_tokens: int, start: int = 0) -> Iterator[tuple[int, int]]:
+        """Consecutive passage ranges ``(p0, p1)`` of about ``max_tokens`` tokens (at least one passage),
+        from passage ``start`` on."""
+        p0 = start
         while p0 < self.num_passages:
             p1 = int(np.searchsorted(self.offsets, self.offsets[p0] + max_tokens, side="right")) - 1
             p1 = min(max(p1, p0 + 1), self.num_passages)

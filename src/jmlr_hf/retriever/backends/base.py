@@ -30,6 +30,11 @@ class IndexBackend(ABC):
     #: The files :meth:`save` writes into the index folder.
     files: ClassVar[tuple[str, ...]] = ()
 
+    @classmethod
+    def needed_files(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        """The files a folder saved with ``params`` (its ``index_config.json`` entry) must hold."""
+        return cls.files
+
     @abstractmethod
     def build(self, store: TokenStore) -> None:
         """Index every passage of ``store`` (after encoding the corpus, and at each refresh)."""

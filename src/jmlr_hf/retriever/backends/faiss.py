@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..store import TokenStore, segment_maxsim
+from ..store import TokenStore, map_npy, segment_maxsim
 from .base import IndexBackend, read_index_file
 
-__all__ = ["FaissBackend", "TokenPassages", "approximate_maxsim"]
+__all__ = ["FaissBackend", "TokenPassages", "approximate_maxsim", "passage_means"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,19 +48,36 @@ class TokenPassages:
 
 
 def approximate_maxsim(
-    rows: np.ndarray, columns: np.ndarray, sims: np.ndarray, fill: np.ndarray, width: int
+    q: torch.Tensor, rows: np.ndarray, columns: np.ndarray, sims: np.ndarray, means: np.ndarray
 ) -> np.ndarray:
-    """``sum_r max(fill[r], best hit of (r, c))`` for every column ``c < width``, in O(hits).
+    """``sum_r max(q_r . means_c, best hit of (r, c))`` for every candidate ``c`` of ``means`` ``[n_cands, dim]``.
 
-    ``rows`` / ``columns`` / ``sims`` list the hits (query token, candidate, similarity), each row's hits
-    best first (faiss returns them sorted), so the first hit of a (row, column) pair is its best. The
-    sum is ``fill``'s total plus, per pair, how much its best hit exceeds the row's fill: no
-    ``[query tokens, candidates]`` matrix, whose size grows with the query length.
+    ``q`` ``[Lq, dim]`` are the query's vectors, ``means`` the mean token vector of each candidate
+    passage: ``q_r . means_c`` is the mean of query token ``r``'s similarities to the passage's tokens, so
+    never above their maximum, the term MaxSim sums. ``rows`` / ``columns`` / ``sims`` list the faiss hits
+    (query token, candidate, similarity); a hit raises its pair's term above the mean (one ``[Lq, n_cands]``
+    matrix, the hits' maxima scattered in).
     """
-    key = rows.astype(np.int64) * width + columns
-    _, first = np.unique(key, return_index=True)  # first occurrence = best hit of the pair
-    gain = np.maximum(sims[first] - fill[rows[first]], 0.0)
-    return float(fill.sum()) + np.bincount(columns[first], weights=gain, minlength=width)
+    means_t = torch.from_numpy(np.ascontiguousarray(means, dtype=np.float32))
+    scores = q.float() @ means_t.T  # [Lq, n_cands]
+    index = torch.from_numpy(rows.astype(np.int64) * len(means) + columns)
+    scores.view(-1).scatter_reduce_(0, index, torch.from_numpy(np.asarray(sims, dtype=np.float32)), "amax")
+    return scores.sum(0).numpy()
+
+
+def passage_means(store: TokenStore, start: int = 0, block_tokens: int = 1 << 15) -> np.ndarray:
+    """The mean token vector of every passage of ``store`` from ``start`` on -> ``[n, dim]`` float32."""
+    out = np.empty((store.num_passages - start, store.dim), dtype=np.float32)
+    for p0, p1 in store.chunks(block_tokens, start):
+        vectors = store.passage_slice(p0, p1).float().numpy()
+        out[p0 - start : p1 - start] = _means(vectors, store.doclens[p0:p1])
+    return out
+
+
+def _means(vectors: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    starts = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    return np.add.reduceat(vectors, starts, axis=0) / lengths[:, None]
 
 
 class FaissBackend(IndexBackend):
@@ -69,7 +86,8 @@ class FaissBackend(IndexBackend):
     Every query token fetches its ``tokens_per_query_token`` nearest document tokens (``nprobe``
     of ``nlist`` lists; 4-bit PQ fast-scan codes on CPU, 8-bit scalar quantization when the index
     goes to a GPU). The passages of those tokens are the candidates; beyond ``max_rerank`` of them
-    only the best by an approximate MaxSim built from the retrieved similarities are kept, and
+    only the best by an approximate MaxSim (:func:`approximate_maxsim`: per query token the best
+    retrieved similarity, else its similarity to the passage's mean token vector) are kept, and
     these are scored exactly on the stored bf16 vectors. Defaults tuned on 10,000 NGC passages
     with MedQA questions on a 2-core CPU (docs/benchmarks.md): recall@30 about 0.995 against
     the exact backend. Short queries (mostly [MASK] expansion tokens) make the approximate score
@@ -87,7 +105,7 @@ class FaissBackend(IndexBackend):
     HIT_BUDGET_TOKENS = 32
 
     name = "faiss"
-    files = ("faiss.index",)
+    files = ("faiss.index", "passage_means.npy")
     # Candidate passages reranked exactly per query (pruned by an approximate score beyond that).
 
     def __init__(
@@ -106,6 +124,8 @@ class FaissBackend(IndexBackend):
         self.tokens_per_query_token = tokens_per_query_token
         self.use_gpu = use_gpu
         self.index: Any = None
+        #: Mean token vector of every passage ``[n_passages, dim]`` float32 (memory-mapped once saved).
+        self.passage_means: np.ndarray | None = None
 
     @staticmethod
     def _faiss():
@@ -168,10 +188,17 @@ class FaissBackend(IndexBackend):
         self.add(store, 0)
 
     def add(self, store: TokenStore, first_new: int) -> None:
-        start = int(store.offsets[first_new])
-        block = 1 << 15  # 16 MiB of float32 per call
-        for vectors in store.token_blocks(start, block):
-            self.index.add(np.ascontiguousarray(vectors.float().numpy()))
+        means = np.empty((store.num_passages - first_new, store.dim), dtype=np.float32)
+        for p0, p1 in store.chunks(1 << 15, first_new):  # about 16 MiB of float32 per call
+            vectors = store.passage_slice(p0, p1).float().numpy()
+            self.index.add(np.ascontiguousarray(vectors))
+            means[p0 - first_new : p1 - first_new] = _means(vectors, store.doclens[p0:p1])
+        if first_new == 0:
+            self.passage_means = means
+        elif self.passage_means is not None and len(self.passage_means) == first_new:
+            self.passage_means = np.concatenate([np.asarray(self.passage_means), means])
+        else:  # loaded without them: all computed when first searched
+            self.passage_means = None
         self.index.nprobe = self.nprobe
         self._gpu_index = None  # a GPU copy made before no longer holds every vector
 
@@ -191,47 +218,80 @@ class FaissBackend(IndexBackend):
             rows_mask = torch.full((1, len(rows)), bool(valid.any()))
             tpq = self.hits_per_token(len(rows))
             sims, token_ids = self._search_index().search(np.ascontiguousarray(rows.float().numpy()), tpq)
-            cands = self._candidates(store, sims, token_ids, k)
+            cands = self._candidates(store, rows, sims, token_ids, k)
             scores = self._rerank(store, rows[None], rows_mask, cands)
             top = scores.topk(k)
             all_scores.append(top.values)
             all_ids.append(torch.from_numpy(cands)[top.indices])
         return torch.return_types.topk((torch.stack(all_scores), torch.stack(all_ids)))
 
-    def _candidates(self, store: TokenStore, sims: np.ndarray, token_ids: np.ndarray, k: int) -> np.ndarray:
-        """Sorted passage indices to rerank for one query, from its token hits ``[Lq, tpq]``.
+    def _candidates(
+        self, store: TokenStore, q: torch.Tensor, sims: np.ndarray, token_ids: np.ndarray, k: int
+    ) -> np.ndarray:
+        """Sorted passage indices to rerank for one query ``q`` ``[Lq, dim]``, from its token hits ``[Lq, tpq]``.
 
         Every passage with a retrieved token is a candidate. When there are more than
-        ``max_rerank`` of them, they are ranked by an approximate MaxSim (per query token the
-        best retrieved similarity of the passage's tokens; for a query token that retrieved none
-        of them, half the smallest similarity that token retrieved) and the best ``max_rerank``
-        are kept.
+        ``max_rerank`` of them, they are ranked by the approximate MaxSim of
+        :meth:`approximate_scores` and the best ``max_rerank`` are kept.
         """
-        hit = token_ids >= 0  # faiss pads a row that found fewer hits with -1
-        rows = np.nonzero(hit)[0]
-        passages = self._token_passages(store)(token_ids[hit])
         limit = max(self.max_rerank, k)
         n_passages = store.num_passages
-        if n_passages <= self._DENSE_CANDIDATES_MAX:  # per-passage arrays: no sort needed
-            present = np.zeros(n_passages, dtype=bool)
-            present[passages] = True
-            cands = np.flatnonzero(present)
-            inverse, width = passages, n_passages
-        else:
-            cands, inverse = np.unique(passages, return_inverse=True)
-            width = len(cands)
+        hit = token_ids >= 0  # faiss pads a row that found fewer hits with -1
+        passages = self._token_passages(store)(token_ids[hit])
+        cands = self._unique(store, passages)
         if len(cands) > limit:
-            n_hits = hit.sum(1)
-            last = sims[np.arange(len(sims)), np.maximum(n_hits - 1, 0)]
-            fill = np.where(n_hits > 0, 0.5 * last, 0.0).astype(np.float32)
-            score = approximate_maxsim(rows, inverse, sims[hit], fill, width)
-            if width == n_passages:
-                score = score[cands]
+            score = self._approximate(store, q, sims, hit, passages, cands)
             cands = np.sort(cands[np.argpartition(-score, limit - 1)[:limit]])
         if len(cands) < k:  # too few candidates: top up with the first passages not yet in the list
             extra = np.setdiff1d(np.arange(min(n_passages, k + len(cands))), cands)[: k - len(cands)]
             cands = np.concatenate([cands, extra])
         return cands
+
+    def approximate_scores(
+        self, store: TokenStore, q: torch.Tensor, sims: np.ndarray, token_ids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every passage holding a retrieved token of one query ``q`` ``[Lq, dim]`` (sorted) and its
+        approximate MaxSim (:func:`approximate_maxsim`), from the query's faiss hits (``sims`` /
+        ``token_ids`` ``[Lq, tpq]``, -1 for no hit): what prunes the candidates beyond ``max_rerank``."""
+        hit = token_ids >= 0
+        passages = self._token_passages(store)(token_ids[hit])
+        cands = self._unique(store, passages)
+        return cands, self._approximate(store, q, sims, hit, passages, cands)
+
+    def _unique(self, store: TokenStore, passages: np.ndarray) -> np.ndarray:
+        if store.num_passages <= self._DENSE_CANDIDATES_MAX:  # per-passage arrays: no sort needed
+            present = np.zeros(store.num_passages, dtype=bool)
+            present[passages] = True
+            return np.flatnonzero(present)
+        return np.unique(passages)
+
+    def _approximate(
+        self,
+        store: TokenStore,
+        q: torch.Tensor,
+        sims: np.ndarray,
+        hit: np.ndarray,
+        passages: np.ndarray,
+        cands: np.ndarray,
+    ) -> np.ndarray:
+        if store.num_passages <= self._DENSE_CANDIDATES_MAX:
+            position = np.empty(store.num_passages, dtype=np.int64)
+            position[cands] = np.arange(len(cands))
+            columns = position[passages]
+        else:
+            columns = np.searchsorted(cands, passages)
+        means = self._passage_means(store)[cands]
+        return approximate_maxsim(q, np.nonzero(hit)[0], columns, sims[hit], means)
+
+    def _passage_means(self, store: TokenStore) -> np.ndarray:
+        """:attr:`passage_means`, computed from ``store`` for an index saved without them (before 2026-12)."""
+        if self.passage_means is None or len(self.passage_means) != store.num_passages:
+            logger.info(
+                "Computing the mean token vector of %d passages (saved index without them)",
+                store.num_passages,
+            )
+            self.passage_means = passage_means(store)
+        return self.passage_means
 
     # Up to this many passages, candidate bookkeeping uses arrays over all passages (a few MB a query)
     # instead of sorting the hits (np.unique): at 178k passages and 131k hits, 15 ms against 33 ms.
@@ -267,7 +327,17 @@ class FaissBackend(IndexBackend):
 
     def save(self, folder: Path) -> dict[str, Any]:
         self._faiss().write_index(self.index, str(folder / "faiss.index"))
+        params: dict[str, Any] = {}
+        if self.passage_means is not None:
+            path = folder / "passage_means.npy"
+            mapped = getattr(self.passage_means, "filename", None)
+            if not (mapped and path.exists() and path.samefile(mapped)):
+                tmp = folder / "passage_means.tmp.npy"
+                np.save(tmp, np.asarray(self.passage_means), allow_pickle=False)
+                tmp.replace(path)
+            params["passage_means"] = True
         return {
+            **params,
             "nlist": self.nlist,
             "nprobe": self.nprobe,
             "tokens_per_query_token": self.tokens_per_query_token,
@@ -289,4 +359,12 @@ class FaissBackend(IndexBackend):
             backend.max_rerank = 1 << 62
         backend.index = read_index_file(folder / "faiss.index", cls._faiss().read_index)
         backend.index.nprobe = backend.nprobe
+        if params.get("passage_means"):
+            backend.passage_means = read_index_file(folder / "passage_means.npy", map_npy)
         return backend
+
+    @classmethod
+    def needed_files(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        """``faiss.index``, and ``passage_means.npy`` for an index saved since 2026-12 (older ones compute
+        the means when first searched)."""
+        return cls.files if params.get("passage_means") else cls.files[:1]
