@@ -166,7 +166,11 @@ def exact_top(store, encoded, k: int = K) -> list[list[int]]:
         raw.madvise(mmap.MADV_SEQUENTIAL)
 
     q, qmask = encoded[0].float(), encoded[1].bool()
-    return ExactBackend().search(store, q, qmask, k).indices.tolist()
+    top: list[list[int]] = []
+    for a in range(0, len(q), 16):  # a few questions at a time: rows padded to the batch's longest only
+        used = qmask[a : a + 16].any(0)  # the query positions any of them uses
+        top += ExactBackend().search(store, q[a : a + 16, used], qmask[a : a + 16, used], k).indices.tolist()
+    return top
 
 
 SETTINGS = {"full": None, "32": 32}  # query_max_length of the two query settings
@@ -451,11 +455,19 @@ def search(args: argparse.Namespace) -> None:
     out, data = _paths(args)
     index = str(data / "index")
     res: dict[str, Any] = {"queries": args.queries, "recall_queries": args.recall_queries}
+    reference = None
+    if args.reuse_reference:  # the exact top-30 of an earlier run (same store, as many questions or more)
+        reference = (load_json(out, "search") or {}).get("mapped", {}).get("exact")
+        if not reference or len(reference["full"]) < args.recall_queries:
+            raise SystemExit(f"{out}/search.json has no exact top-30 for {args.recall_queries} questions")
+        reference = {name: top[: args.recall_queries] for name, top in reference.items()}
     res["mapped"] = run_worker(
         args,
         {"name": "mapped", "index": index, "mode": "mapped", "queries": args.queries,
-         "recall_queries": args.recall_queries},
+         "recall_queries": args.recall_queries, "reference": reference},
     )  # fmt: skip
+    if reference:
+        res["mapped"]["exact"], res["reused_reference"] = reference, True
     if not args.skip_ram:
         res["ram"] = run_worker(
             args, {"name": "ram", "index": index, "mode": "ram", "queries": args.baseline_queries}
@@ -589,7 +601,7 @@ def candidates(args: argparse.Namespace) -> None:
                 sims, ids = backend.index.search(
                     np.ascontiguousarray(rows.float().numpy()), backend.hits_per_token(len(rows))
                 )
-                cands, score = backend.approximate_scores(store, sims, ids)
+                cands, score = backend.approximate_scores(store, rows, sims, ids)
                 ref = np.asarray(ref, dtype=np.int64)
                 where = np.searchsorted(cands, ref).clip(max=len(cands) - 1)
                 reached = cands[where] == ref
@@ -1203,6 +1215,11 @@ def main() -> None:
         if name == "search":
             p.add_argument("--baseline-queries", type=int, default=50)
             p.add_argument("--skip-ram", action="store_true", help="no in-RAM baseline")
+            p.add_argument(
+                "--reuse-reference",
+                action="store_true",
+                help="the exact top-30 of the last search.json (no exact pass)",
+            )
         else:
             p.add_argument("--nbits", type=int, default=2, choices=(1, 2, 4))
             p.add_argument(

@@ -153,6 +153,21 @@ def test_a_faiss_index_saved_without_passage_means_loads_and_searches_alike(tiny
     )
 
 
+def test_search_settings_of_a_loaded_faiss_index_take_effect(tiny_retriever, tmp_path):
+    """nprobe / tokens_per_query_token / max_rerank set on a loaded index's backend search as an index built
+    with them (the faiss index's own nprobe follows the backend's)."""
+    corpus = synthetic_corpus(120)
+    settings = {"nprobe": 1, "tokens_per_query_token": 8, "max_rerank": 8}
+    DocumentIndex.build(corpus, tiny_retriever, backend="faiss", nlist=16).save(tmp_path / "default")
+    built = DocumentIndex.build(corpus, tiny_retriever, backend="faiss", nlist=16, **settings)
+    loaded = DocumentIndex.load(tmp_path / "default", tiny_retriever)
+    before = loaded.search(QUERIES, k=5)
+    for name, value in settings.items():
+        setattr(loaded.backend, name, value)
+    assert loaded.search(QUERIES, k=5) == built.search(QUERIES, k=5) != before
+    assert loaded.backend.index.nprobe == 1
+
+
 def test_saving_a_mapped_index_hard_links_its_files(tiny_retriever, tmp_path):
     DocumentIndex.build(synthetic_corpus(30), tiny_retriever, backend="exact").save(tmp_path / "a")
     loaded = DocumentIndex.load(tmp_path / "a", tiny_retriever)
