@@ -242,9 +242,7 @@ class FaissBackend(IndexBackend):
         """
         limit = max(self.max_rerank, k)
         n_passages = store.num_passages
-        hit = token_ids >= 0  # faiss pads a row that found fewer hits with -1
-        passages = self._token_passages(store)(token_ids[hit])
-        cands = self._unique(store, passages)
+        hit, passages, cands = self._hit_passages(store, token_ids)
         if len(cands) > limit:
             score = self._approximate(store, q, sims, hit, passages, cands)
             cands = np.sort(cands[np.argpartition(-score, limit - 1)[:limit]])
@@ -259,17 +257,21 @@ class FaissBackend(IndexBackend):
         """Every passage holding a retrieved token of one query ``q`` ``[Lq, dim]`` (sorted) and its
         approximate MaxSim (:func:`approximate_maxsim`), from the query's faiss hits (``sims`` /
         ``token_ids`` ``[Lq, tpq]``, -1 for no hit): what prunes the candidates beyond ``max_rerank``."""
-        hit = token_ids >= 0
-        passages = self._token_passages(store)(token_ids[hit])
-        cands = self._unique(store, passages)
+        hit, passages, cands = self._hit_passages(store, token_ids)
         return cands, self._approximate(store, q, sims, hit, passages, cands)
 
-    def _unique(self, store: TokenStore, passages: np.ndarray) -> np.ndarray:
+    def _hit_passages(
+        self, store: TokenStore, token_ids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Which hits are real (faiss pads a row that found fewer with -1), the passage of each real hit, and
+        the passages they reach, sorted."""
+        hit = token_ids >= 0
+        passages = self._token_passages(store)(token_ids[hit])
         if store.num_passages <= self._DENSE_CANDIDATES_MAX:  # per-passage arrays: no sort needed
             present = np.zeros(store.num_passages, dtype=bool)
             present[passages] = True
-            return np.flatnonzero(present)
-        return np.unique(passages)
+            return hit, passages, np.flatnonzero(present)
+        return hit, passages, np.unique(passages)
 
     def _approximate(
         self,
@@ -334,13 +336,10 @@ class FaissBackend(IndexBackend):
     def save(self, folder: Path) -> dict[str, Any]:
         self._faiss().write_index(self.index, str(folder / "faiss.index"))
         params: dict[str, Any] = {}
-        if self.passage_means is not None:
-            path = folder / "passage_means.npy"
-            mapped = getattr(self.passage_means, "filename", None)
-            if not (mapped and path.exists() and path.samefile(mapped)):
-                tmp = folder / "passage_means.tmp.npy"
-                np.save(tmp, np.asarray(self.passage_means), allow_pickle=False)
-                tmp.replace(path)
+        if self.passage_means is not None:  # through a new file: a map of the old one stays valid
+            tmp = folder / "passage_means.tmp.npy"
+            np.save(tmp, np.asarray(self.passage_means), allow_pickle=False)
+            tmp.replace(folder / "passage_means.npy")
             params["passage_means"] = True
         return {
             **params,
